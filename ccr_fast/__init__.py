@@ -1,0 +1,28 @@
+"""ccr_fast: fused kernels and training/evaluation for cross-lingual cross-modal retrieval.
+
+Public modules: :mod:`ccr_fast.losses`, :mod:`ccr_fast.retrieval`, :mod:`ccr_fast.metrics`; entry points
+:func:`train` and :func:`evaluate`; :func:`backends` reports the compiled/usable kernel backends.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ._backend import backends  # noqa: E402
+from . import losses, metrics, retrieval  # noqa: E402,F401
+
+
+def train(config=None, **overrides):
+    """Train the method named in ``config`` (see :func:`ccr_fast.train.train`)."""
+    from .train import train as _train
+
+    return _train(config, **overrides)
+
+
+def evaluate(checkpoint, data=None, **overrides):
+    """Evaluate a checkpoint (see :func:`ccr_fast.evaluate.evaluate`)."""
+    from .evaluate import evaluate as _evaluate
+
+    return _evaluate(checkpoint, data=data, **overrides)
+
+
+__all__ = ["backends", "losses", "metrics", "retrieval", "train", "evaluate", "__version__"]

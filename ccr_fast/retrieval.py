@@ -1,0 +1,2 @@
+"""Fused similarity + ranking (api contract: ``ccr_fast.retrieval``)."""
+from __future__ import annotations
