@@ -12,5 +12,5 @@ cmake -S . -B "$BDIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCCR_FAST_CUDA="${CCR
   -Dpybind11_DIR="$(python -c 'import pybind11;print(pybind11.get_cmake_dir())')" \
   -DPython_EXECUTABLE="$(command -v python)" > "$BDIR.configure.log" 2>&1 || { cat "$BDIR.configure.log"; exit 1; }
 cmake --build "$BDIR" -j 2
-cp "$BDIR"/_C*.so ccr_fast/
+so=$(ls "$BDIR"/_C*.so); cp "$so" "ccr_fast/.tmp_$(basename "$so")" && mv -f "ccr_fast/.tmp_$(basename "$so")" "ccr_fast/$(basename "$so")"
 echo "built $(ls ccr_fast/_C*.so)"
