@@ -1,10 +1,401 @@
-// CPU (C++17 + OpenMP) kernels of the contrastive op family. Contract: docs/interop.md.
+// CPU (C++17 + OpenMP) kernels of the contrastive op family. Contract: docs/interop.md ("contrastive").
+//
+// Z = scale * x y^T (M x N) is never materialised: it is produced one TM x TN tile at a time into a per-thread
+// buffer (O(TM*TN) memory per thread).
+//
+// Forward (one pass over the tiles, grid = row tiles, schedule(static)):
+//   * row LSE: online (max, sum-exp) per row, owned by the thread that owns the row tile;
+//   * column LSE: every thread keeps its own partial (max, sum-exp) per column ([threads, N] buffers); the
+//     partials are merged in thread order after the parallel loop (deterministic for a fixed thread count);
+//   * pos_row / pos_col: the positives of a row form one contiguous column range (the positive rule is
+//     monotone in c), so only that range is visited; pos_col uses per-thread partial sums like the column LSE.
+// Backward (two passes, no atomics, no races):
+//   * row-owned pass (grid = row tiles): recompute the tile, form dZ, dx[r] += dZ[r,:] y, and the per-thread
+//     partial sums of dZ * (x y^T) for dscale;
+//   * column-owned pass (grid = column tiles): recompute the tile, form dZ, dy[c] += dZ[:,c]^T x.
+// Memory: O((M + N) * d) for inputs/outputs plus O(threads * (N + TM*TN)) workspace.
 #include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
 
 #include "common.h"
 
+#ifdef CCR_FAST_WITH_OPENMP
+#include <omp.h>
+#endif
+
 namespace py = pybind11;
+using std::int64_t;
+
+namespace ccr {
+
+namespace {
+
+// Default tile sizes: a 64-row x-tile (64*d elements) stays in L1/L2 while the 256-column y-tile streams
+// through; the 64x256 score tile (64 KiB in float32) fits L2.
+constexpr int64_t kTileM = 64;
+constexpr int64_t kTileN = 256;
+
+inline int thread_id() {
+#ifdef CCR_FAST_WITH_OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+inline int max_threads() {
+#ifdef CCR_FAST_WITH_OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// S[i*lds + j] = <x_i, y_j> for i < mi, j < nj. Four columns at a time share each load of x_i; the inner loop
+// over d is an OpenMP SIMD reduction (vectorised without -ffast-math).
+template <typename T>
+inline __attribute__((always_inline)) void tile_dots_body(const T* x, int64_t ldx, const T* y, int64_t ldy,
+                                                          int64_t mi, int64_t nj, int64_t d, T* S, int64_t lds) {
+  for (int64_t i = 0; i < mi; ++i) {
+    const T* xi = x + i * ldx;
+    T* si = S + i * lds;
+    int64_t j = 0;
+    for (; j + 4 <= nj; j += 4) {
+      const T* y0 = y + j * ldy;
+      const T* y1 = y0 + ldy;
+      const T* y2 = y1 + ldy;
+      const T* y3 = y2 + ldy;
+      T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+      for (int64_t k = 0; k < d; ++k) {
+        const T xv = xi[k];
+        a0 += xv * y0[k];
+        a1 += xv * y1[k];
+        a2 += xv * y2[k];
+        a3 += xv * y3[k];
+      }
+      si[j] = a0;
+      si[j + 1] = a1;
+      si[j + 2] = a2;
+      si[j + 3] = a3;
+    }
+    for (; j < nj; ++j) {
+      const T* yj = y + j * ldy;
+      T a = 0;
+#pragma omp simd reduction(+ : a)
+      for (int64_t k = 0; k < d; ++k) a += xi[k] * yj[k];
+      si[j] = a;
+    }
+  }
+}
+
+// dst[k] += a * src[k], k < d.
+template <typename T>
+inline __attribute__((always_inline)) void axpy_body(T a, const T* src, T* dst, int64_t d) {
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k) dst[k] += a * src[k];
+}
+
+// Positive columns of a row with key g, clipped to the tile [c0, c0 + nj): local indices [lo, hi).
+inline void positive_range(int64_t g, int64_t col_off, int64_t col_div, int64_t c0, int64_t nj, int64_t* lo,
+                           int64_t* hi) {
+  const int64_t first = g * col_div - col_off;  // first column c with (c + col_off) / col_div == g
+  *lo = std::max<int64_t>(first - c0, 0);
+  *hi = std::min<int64_t>(first + col_div - c0, nj);
+  if (*hi < *lo) *hi = *lo;
+}
+
+void check_common(int64_t M, int64_t N, int64_t d, int64_t ldx, int64_t ldy, int dtype, int64_t row_off,
+                  int64_t row_div, int64_t col_off, int64_t col_div) {
+  CCR_CHECK_ARG(M >= 1 && N >= 1 && d >= 1, "contrastive: M, N and d must be >= 1, got M=" + std::to_string(M) +
+                                                " N=" + std::to_string(N) + " d=" + std::to_string(d));
+  CCR_CHECK_ARG(ldx >= d && ldy >= d, "contrastive: row strides ldx/ldy must be >= d, got ldx=" +
+                                          std::to_string(ldx) + " ldy=" + std::to_string(ldy) +
+                                          " d=" + std::to_string(d));
+  CCR_CHECK_ARG(dtype == kFloat32 || dtype == kFloat64,
+                std::string("contrastive CPU kernels take float32 or float64, got dtype ") + dtype_name(dtype));
+  CCR_CHECK_ARG(row_off >= 0 && col_off >= 0 && row_div >= 1 && col_div >= 1,
+                "contrastive: need row_off, col_off >= 0 and row_div, col_div >= 1, got (" + std::to_string(row_off) +
+                    ", " + std::to_string(row_div) + ", " + std::to_string(col_off) + ", " +
+                    std::to_string(col_div) + ")");
+}
+
+}  // namespace
+
+// Non-template entry points compiled twice (AVX2+FMA and the baseline ISA), picked at load time.
+__attribute__((target_clones("arch=haswell", "default"))) void tile_dots(const float* x, int64_t ldx,
+                                                                          const float* y, int64_t ldy, int64_t mi,
+                                                                          int64_t nj, int64_t d, float* S,
+                                                                          int64_t lds) {
+  tile_dots_body<float>(x, ldx, y, ldy, mi, nj, d, S, lds);
+}
+__attribute__((target_clones("arch=haswell", "default"))) void tile_dots(const double* x, int64_t ldx,
+                                                                          const double* y, int64_t ldy, int64_t mi,
+                                                                          int64_t nj, int64_t d, double* S,
+                                                                          int64_t lds) {
+  tile_dots_body<double>(x, ldx, y, ldy, mi, nj, d, S, lds);
+}
+
+namespace {
+
+// G (mi x nj, row stride ldg) times rows of `src`, accumulated into rows of `dst`:
+//   transpose=false: dst[i] += sum_j G[i,j] src[j]      (row-owned: dx += dZ y)
+//   transpose=true : dst[j] += sum_i G[i,j] src[i]      (column-owned: dy += dZ^T x)
+template <typename T>
+__attribute__((target_clones("arch=haswell", "default"))) void tile_grad(const T* G, int64_t ldg, int64_t mi,
+                                                                         int64_t nj, const T* src, int64_t lds,
+                                                                         T* dst, int64_t ldd, int64_t d,
+                                                                         bool transpose) {
+  if (!transpose) {
+    for (int64_t i = 0; i < mi; ++i)
+      for (int64_t j = 0; j < nj; ++j) {
+        const T g = G[i * ldg + j];
+        if (g != T(0)) axpy_body<T>(g, src + j * lds, dst + i * ldd, d);
+      }
+  } else {
+    for (int64_t j = 0; j < nj; ++j)
+      for (int64_t i = 0; i < mi; ++i) {
+        const T g = G[i * ldg + j];
+        if (g != T(0)) axpy_body<T>(g, src + i * lds, dst + j * ldd, d);
+      }
+  }
+}
+
+template <typename T>
+void forward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int64_t ldx, int64_t ldy, T scale,
+                  int64_t row_off, int64_t row_div, int64_t col_off, int64_t col_div, bool compute_col, T* lse_row,
+                  T* lse_col, T* pos_row, T* pos_col, int64_t TM, int64_t TN) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int64_t n_row_tiles = (M + TM - 1) / TM;
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(max_threads(), n_row_tiles)));
+  // Per-thread partial column state: max, sum-exp (only when compute_col) and positive sum.
+  std::vector<T> cmax(compute_col ? static_cast<size_t>(nt) * N : 0, ninf);
+  std::vector<T> csum(compute_col ? static_cast<size_t>(nt) * N : 0, T(0));
+  std::vector<T> cpos(static_cast<size_t>(nt) * N, T(0));
+
+#pragma omp parallel num_threads(nt)
+  {
+    const int tid = thread_id();
+    std::vector<T> S(static_cast<size_t>(TM) * TN);
+    std::vector<T> rmax(TM), rsum(TM), rpos(TM);
+    T* my_cmax = compute_col ? cmax.data() + static_cast<size_t>(tid) * N : nullptr;
+    T* my_csum = compute_col ? csum.data() + static_cast<size_t>(tid) * N : nullptr;
+    T* my_cpos = cpos.data() + static_cast<size_t>(tid) * N;
+
+#pragma omp for schedule(static)
+    for (int64_t rt = 0; rt < n_row_tiles; ++rt) {
+      const int64_t r0 = rt * TM, mi = std::min(TM, M - r0);
+      std::fill(rmax.begin(), rmax.end(), ninf);
+      std::fill(rsum.begin(), rsum.end(), T(0));
+      std::fill(rpos.begin(), rpos.end(), T(0));
+      for (int64_t c0 = 0; c0 < N; c0 += TN) {
+        const int64_t nj = std::min(TN, N - c0);
+        tile_dots(x + r0 * ldx, ldx, y + c0 * ldy, ldy, mi, nj, d, S.data(), TN);
+        for (int64_t i = 0; i < mi; ++i) {
+          T* z = S.data() + i * TN;
+          T m = rmax[i];
+          for (int64_t j = 0; j < nj; ++j) {
+            z[j] *= scale;
+            m = std::max(m, z[j]);
+          }
+          T s = rsum[i] * std::exp(rmax[i] - m);  // exp(-inf) = 0 on the first tile
+          for (int64_t j = 0; j < nj; ++j) s += std::exp(z[j] - m);
+          rmax[i] = m;
+          rsum[i] = s;
+          int64_t lo, hi;
+          positive_range((r0 + i + row_off) / row_div, col_off, col_div, c0, nj, &lo, &hi);
+          for (int64_t j = lo; j < hi; ++j) {
+            rpos[i] += z[j];
+            my_cpos[c0 + j] += z[j];
+          }
+        }
+        if (compute_col) {
+          for (int64_t j = 0; j < nj; ++j) {
+            const int64_t c = c0 + j;
+            T m = my_cmax[c];
+            for (int64_t i = 0; i < mi; ++i) m = std::max(m, S[i * TN + j]);
+            T s = my_csum[c] * std::exp(my_cmax[c] - m);
+            for (int64_t i = 0; i < mi; ++i) s += std::exp(S[i * TN + j] - m);
+            my_cmax[c] = m;
+            my_csum[c] = s;
+          }
+        }
+      }
+      for (int64_t i = 0; i < mi; ++i) {
+        lse_row[r0 + i] = rmax[i] + std::log(rsum[i]);
+        pos_row[r0 + i] = rpos[i];
+      }
+    }
+  }
+
+  // Merge the per-thread column partials in thread order.
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t c = 0; c < N; ++c) {
+    T p = 0;
+    for (int t = 0; t < nt; ++t) p += cpos[static_cast<size_t>(t) * N + c];
+    pos_col[c] = p;
+    if (compute_col) {
+      T m = ninf;
+      for (int t = 0; t < nt; ++t) m = std::max(m, cmax[static_cast<size_t>(t) * N + c]);
+      T s = 0;
+      for (int t = 0; t < nt; ++t) {
+        const T mt = cmax[static_cast<size_t>(t) * N + c];
+        if (mt != ninf) s += csum[static_cast<size_t>(t) * N + c] * std::exp(mt - m);
+      }
+      lse_col[c] = m + std::log(s);
+    } else {
+      lse_col[c] = 0;
+    }
+  }
+}
+
+// dZ of one recomputed tile, in place: S holds x.y^T on entry and dZ on exit. Returns sum dZ * (x y^T)
+// over the tile when want_dscale.
+template <typename T>
+T tile_dz(T* S, int64_t lds, int64_t r0, int64_t mi, int64_t c0, int64_t nj, T scale, const T* lse_row,
+          const T* lse_col, const T* row_coef, const T* col_coef, T w_pos, int64_t row_off, int64_t row_div,
+          int64_t col_off, int64_t col_div, bool want_dscale) {
+  T acc = 0;
+  for (int64_t i = 0; i < mi; ++i) {
+    T* s = S + i * lds;
+    const T rc = row_coef[r0 + i], lr = lse_row[r0 + i];
+    int64_t lo, hi;
+    positive_range((r0 + i + row_off) / row_div, col_off, col_div, c0, nj, &lo, &hi);
+    T row_acc = 0;
+    for (int64_t j = 0; j < nj; ++j) {
+      const T raw = s[j];
+      const T z = scale * raw;
+      // A zero coefficient skips its exp: the matching LSE may be unspecified (compute_col = false).
+      T g = rc != T(0) ? rc * std::exp(z - lr) : T(0);
+      const T cc = col_coef[c0 + j];
+      if (cc != T(0)) g += cc * std::exp(z - lse_col[c0 + j]);
+      if (j >= lo && j < hi) g -= w_pos;
+      s[j] = g;
+      if (want_dscale) row_acc += g * raw;
+    }
+    acc += row_acc;
+  }
+  return acc;
+}
+
+template <typename T>
+void backward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int64_t ldx, int64_t ldy, T scale,
+                   const T* lse_row, const T* lse_col, const T* row_coef, const T* col_coef, T w_pos,
+                   int64_t row_off, int64_t row_div, int64_t col_off, int64_t col_div, T* dx, T* dy, T* dscale,
+                   int64_t TM, int64_t TN) {
+  const int64_t n_row_tiles = (M + TM - 1) / TM, n_col_tiles = (N + TN - 1) / TN;
+  const int nt_rows = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(max_threads(), n_row_tiles)));
+  std::vector<double> dscale_part(nt_rows, 0.0);
+
+  // Row-owned pass: dx and the dscale partials.
+#pragma omp parallel num_threads(nt_rows)
+  {
+    const int tid = thread_id();
+    std::vector<T> S(static_cast<size_t>(TM) * TN);
+    double part = 0.0;
+#pragma omp for schedule(static)
+    for (int64_t rt = 0; rt < n_row_tiles; ++rt) {
+      const int64_t r0 = rt * TM, mi = std::min(TM, M - r0);
+      T* dxt = dx + r0 * d;
+      std::fill(dxt, dxt + mi * d, T(0));
+      for (int64_t c0 = 0; c0 < N; c0 += TN) {
+        const int64_t nj = std::min(TN, N - c0);
+        tile_dots(x + r0 * ldx, ldx, y + c0 * ldy, ldy, mi, nj, d, S.data(), TN);
+        part += static_cast<double>(tile_dz<T>(S.data(), TN, r0, mi, c0, nj, scale, lse_row, lse_col, row_coef,
+                                               col_coef, w_pos, row_off, row_div, col_off, col_div, true));
+        tile_grad<T>(S.data(), TN, mi, nj, y + c0 * ldy, ldy, dxt, d, d, false);
+      }
+      for (int64_t k = 0; k < mi * d; ++k) dxt[k] *= scale;
+    }
+    dscale_part[tid] = part;
+  }
+  double ds = 0.0;
+  for (double p : dscale_part) ds += p;
+  *dscale = static_cast<T>(ds);
+
+  // Column-owned pass: dy.
+  const int nt_cols = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(max_threads(), n_col_tiles)));
+#pragma omp parallel num_threads(nt_cols)
+  {
+    std::vector<T> S(static_cast<size_t>(TM) * TN);
+#pragma omp for schedule(static)
+    for (int64_t ct = 0; ct < n_col_tiles; ++ct) {
+      const int64_t c0 = ct * TN, nj = std::min(TN, N - c0);
+      T* dyt = dy + c0 * d;
+      std::fill(dyt, dyt + nj * d, T(0));
+      for (int64_t r0 = 0; r0 < M; r0 += TM) {
+        const int64_t mi = std::min(TM, M - r0);
+        tile_dots(x + r0 * ldx, ldx, y + c0 * ldy, ldy, mi, nj, d, S.data(), TN);
+        tile_dz<T>(S.data(), TN, r0, mi, c0, nj, scale, lse_row, lse_col, row_coef, col_coef, w_pos, row_off,
+                   row_div, col_off, col_div, false);
+        tile_grad<T>(S.data(), TN, mi, nj, x + r0 * ldx, ldx, dyt, d, d, true);
+      }
+      for (int64_t k = 0; k < nj * d; ++k) dyt[k] *= scale;
+    }
+  }
+}
+
+void contrastive_forward_cpu(std::uintptr_t x, std::uintptr_t y, int64_t M, int64_t N, int64_t d, int64_t ldx,
+                             int64_t ldy, int dtype, double scale, int64_t row_off, int64_t row_div, int64_t col_off,
+                             int64_t col_div, bool compute_col, std::uintptr_t lse_row, std::uintptr_t lse_col,
+                             std::uintptr_t pos_row, std::uintptr_t pos_col, int64_t tile_m, int64_t tile_n) {
+  check_common(M, N, d, ldx, ldy, dtype, row_off, row_div, col_off, col_div);
+  CCR_CHECK_ARG(x && y && lse_row && lse_col && pos_row && pos_col, "contrastive_forward_cpu: null pointer");
+  CCR_CHECK_ARG(tile_m >= 0 && tile_n >= 0, "contrastive_forward_cpu: tile sizes must be >= 0 (0 = default)");
+  const int64_t TM = tile_m ? tile_m : kTileM, TN = tile_n ? tile_n : kTileN;
+  if (dtype == kFloat32) {
+    forward_impl<float>(as_ptr<const float>(x), as_ptr<const float>(y), M, N, d, ldx, ldy, static_cast<float>(scale),
+                        row_off, row_div, col_off, col_div, compute_col, as_ptr<float>(lse_row),
+                        as_ptr<float>(lse_col), as_ptr<float>(pos_row), as_ptr<float>(pos_col), TM, TN);
+  } else {
+    forward_impl<double>(as_ptr<const double>(x), as_ptr<const double>(y), M, N, d, ldx, ldy, scale, row_off,
+                         row_div, col_off, col_div, compute_col, as_ptr<double>(lse_row), as_ptr<double>(lse_col),
+                         as_ptr<double>(pos_row), as_ptr<double>(pos_col), TM, TN);
+  }
+}
+
+void contrastive_backward_cpu(std::uintptr_t x, std::uintptr_t y, int64_t M, int64_t N, int64_t d, int64_t ldx,
+                              int64_t ldy, int dtype, double scale, std::uintptr_t lse_row, std::uintptr_t lse_col,
+                              std::uintptr_t row_coef, std::uintptr_t col_coef, double w_pos, int64_t row_off,
+                              int64_t row_div, int64_t col_off, int64_t col_div, std::uintptr_t dx, std::uintptr_t dy,
+                              std::uintptr_t dscale, int64_t tile_m, int64_t tile_n) {
+  check_common(M, N, d, ldx, ldy, dtype, row_off, row_div, col_off, col_div);
+  CCR_CHECK_ARG(x && y && lse_row && lse_col && row_coef && col_coef && dx && dy && dscale,
+                "contrastive_backward_cpu: null pointer");
+  CCR_CHECK_ARG(tile_m >= 0 && tile_n >= 0, "contrastive_backward_cpu: tile sizes must be >= 0 (0 = default)");
+  const int64_t TM = tile_m ? tile_m : kTileM, TN = tile_n ? tile_n : kTileN;
+  if (dtype == kFloat32) {
+    backward_impl<float>(as_ptr<const float>(x), as_ptr<const float>(y), M, N, d, ldx, ldy, static_cast<float>(scale),
+                         as_ptr<const float>(lse_row), as_ptr<const float>(lse_col), as_ptr<const float>(row_coef),
+                         as_ptr<const float>(col_coef), static_cast<float>(w_pos), row_off, row_div, col_off, col_div,
+                         as_ptr<float>(dx), as_ptr<float>(dy), as_ptr<float>(dscale), TM, TN);
+  } else {
+    backward_impl<double>(as_ptr<const double>(x), as_ptr<const double>(y), M, N, d, ldx, ldy, scale,
+                          as_ptr<const double>(lse_row), as_ptr<const double>(lse_col),
+                          as_ptr<const double>(row_coef), as_ptr<const double>(col_coef), w_pos, row_off, row_div,
+                          col_off, col_div, as_ptr<double>(dx), as_ptr<double>(dy), as_ptr<double>(dscale), TM, TN);
+  }
+}
+
+}  // namespace
+}  // namespace ccr
 
 void register_cpu_contrastive(py::module_& m) {
-  (void)m;  // TODO(op owner): bind the contrastive kernels here.
+  using namespace pybind11::literals;
+  m.def("contrastive_forward_cpu", &ccr::contrastive_forward_cpu, py::call_guard<py::gil_scoped_release>(),
+        "Row/column LSE and positive sums of Z = scale * x y^T (docs/interop.md). Outputs: lse_row[M], lse_col[N], "
+        "pos_row[M], pos_col[N] in the input dtype (float32/float64). tile_m/tile_n = 0 use the defaults.",
+        "x"_a, "y"_a, "M"_a, "N"_a, "d"_a, "ldx"_a, "ldy"_a, "dtype"_a, "scale"_a, "row_off"_a, "row_div"_a,
+        "col_off"_a, "col_div"_a, "compute_col"_a, "lse_row"_a, "lse_col"_a, "pos_row"_a, "pos_col"_a,
+        "tile_m"_a = 0, "tile_n"_a = 0);
+  m.def("contrastive_backward_cpu", &ccr::contrastive_backward_cpu, py::call_guard<py::gil_scoped_release>(),
+        "dx[M,d], dy[N,d] (contiguous) and dscale (0-dim) of the contrastive loss (docs/interop.md).",
+        "x"_a, "y"_a, "M"_a, "N"_a, "d"_a, "ldx"_a, "ldy"_a, "dtype"_a, "scale"_a, "lse_row"_a, "lse_col"_a,
+        "row_coef"_a, "col_coef"_a, "w_pos"_a, "row_off"_a, "row_div"_a, "col_off"_a, "col_div"_a, "dx"_a, "dy"_a,
+        "dscale"_a, "tile_m"_a = 0, "tile_n"_a = 0);
 }
