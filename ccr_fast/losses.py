@@ -1,6 +1,385 @@
 """Public contrastive / ranking losses (api contract: ``ccr_fast.losses``). Thin, documented, validated;
-the numerics live in :mod:`ccr_fast.ops`."""
+the numerics live in :mod:`ccr_fast.ops`.
+
+Functional: :func:`clip_loss`, :func:`one_to_k_loss`, :func:`triplet_loss`, :func:`similarity_distillation_loss`.
+Modules (drop-in): :class:`ClipLoss` (open_clip's constructor and values, incl. the distributed modes),
+:class:`OneToKLoss`, :class:`TripletLoss`.
+
+Conventions: features are ``[B, d]`` (texts of the 1-to-K loss ``[B, K, d]``, image-major), already
+L2-normalised; ``logit_scale`` is the multiplier (``= 1/τ``), a float or a 0-dim tensor whose gradient is returned
+when it requires grad. Losses are float32 (float64 for float64 inputs) whatever the input dtype. Features of
+different dtypes are accepted only under ``torch.autocast`` (both are cast to the autocast dtype).
+"""
 from __future__ import annotations
 
-# OWNER: contrastive helper fills clip_loss / one_to_k_loss / ClipLoss / OneToKLoss / similarity_distillation_loss;
-# triplet helper provides ccr_fast.ops.triplet.triplet_loss.
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .ops._common import acc_dtype, as_scale, check_finite, check_same, check_tensor
+from .ops.contrastive import contrastive_loss
+
+Tensor = torch.Tensor
+Scale = Union[float, Tensor]
+
+__all__ = ["clip_loss", "one_to_k_loss", "triplet_loss", "similarity_distillation_loss", "ClipLoss", "OneToKLoss",
+           "TripletLoss"]
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _check_features(names: Tuple[str, str], a: Tensor, b: Tensor, ndims: Tuple[int, int]) -> None:
+    """Types, ranks, non-emptiness, one device, one dtype (unless autocast), equal feature sizes."""
+    check_tensor(names[0], a, ndim=ndims[0], nonempty=False)
+    check_tensor(names[1], b, ndim=ndims[1], nonempty=False)
+    check_same(names, (a, b), dtype=False)
+    if a.dtype != b.dtype and not torch.is_autocast_enabled(a.device.type):
+        raise ValueError(f"{names[1]} must have the same dtype as {names[0]} ({a.dtype}), got {b.dtype} "
+                         "(mixed dtypes are accepted only under torch.autocast)")
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"{names[1]} must have feature size {a.shape[-1]} (the last dim of {names[0]}), "
+                         f"got shape {tuple(b.shape)}")
+    for n, t in zip(names, (a, b)):
+        if t.shape[0] == 0:
+            raise ValueError(f"{n} must have a non-empty batch, got shape {tuple(t.shape)}")
+        if t.shape[-1] == 0:
+            raise ValueError(f"{n} must have a non-zero feature size, got shape {tuple(t.shape)}")
+
+
+def _check_batch(names: Tuple[str, str], a: Tensor, b: Tensor) -> None:
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{names[1]} must have batch size {a.shape[0]} (that of {names[0]}), "
+                         f"got shape {tuple(b.shape)}")
+
+
+def _scale(logit_scale: Scale, device: torch.device) -> Tensor:
+    scale = as_scale(logit_scale, device)
+    if not _compiling():  # data-dependent check: skipped inside a compiled graph
+        check_finite("logit_scale", scale.detach())
+    return scale
+
+
+def _check_divisor(t2i_divisor: str) -> str:
+    if t2i_divisor not in ("K", "1"):
+        raise ValueError(f"t2i_divisor must be 'K' or '1', got {t2i_divisor!r}")
+    return t2i_divisor
+
+
+def _one_to_k_weights(B: int, K: int, t2i_divisor: str) -> Tuple[float, float]:
+    """(image→text row weight, text→image weight) for B images with K texts each (api.md ``one_to_k_loss``)."""
+    w_i2t = 1.0 / (2.0 * K * B)
+    w_t2i = 1.0 / (2.0 * K * B * K) if t2i_divisor == "K" else 1.0 / (2.0 * B * K)
+    return w_i2t, w_t2i
+
+
+def _texts_3d(text_features: Tensor, B: int, k: Optional[int]) -> Tensor:
+    """[B, K, d] view of ``text_features`` given as [B, K, d] or (with the module's ``k``) [B*K, d]."""
+    if text_features.dim() == 2 and k is not None:
+        if text_features.shape[0] != B * k:
+            raise ValueError(f"text_features given as [B*K, d] must have {B}*{k}={B * k} rows, "
+                             f"got shape {tuple(text_features.shape)}")
+        return text_features.reshape(B, k, text_features.shape[1])
+    if text_features.dim() != 3:
+        want = "[B, K, d] or [B*K, d]" if k is not None else "[B, K, d]"
+        raise ValueError(f"text_features must be a {want} tensor, got shape {tuple(text_features.shape)}")
+    if text_features.shape[1] < 1:
+        raise ValueError(f"text_features must have K >= 1 texts per image, got shape {tuple(text_features.shape)}")
+    if k is not None and text_features.shape[1] != k:
+        raise ValueError(f"text_features must have K={k} texts per image, got shape {tuple(text_features.shape)}")
+    return text_features
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Functional losses
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def clip_loss(image_features: Tensor, text_features: Tensor, logit_scale: Scale, *, backend: str = "auto") -> Tensor:
+    """Symmetric InfoNCE ``(CE(Z) + CE(Zᵀ))/2`` with ``Z = logit_scale · I Tᵀ`` and labels on the diagonal.
+
+    Args:
+        image_features: [B, d]. text_features: [B, d], same device (and dtype, outside autocast).
+        logit_scale: float or 0-dim tensor (the multiplier 1/τ). backend: "auto", "cuda", "triton", "cpu", "torch".
+
+    Returns:
+        0-dim float32 loss (float64 for float64 inputs); open_clip ``ClipLoss`` value at world size 1.
+    """
+    names = ("image_features", "text_features")
+    _check_features(names, image_features, text_features, (2, 2))
+    _check_batch(names, image_features, text_features)
+    scale = _scale(logit_scale, image_features.device)
+    w = 1.0 / (2.0 * image_features.shape[0])
+    return contrastive_loss(image_features, text_features, scale, w_row=w, w_col=w, backend=backend)
+
+
+def one_to_k_loss(image_features: Tensor, text_features: Tensor, logit_scale: Scale, *, t2i_divisor: str = "K",
+                  backend: str = "auto") -> Tensor:
+    """CCR^k 1-to-K contrastive loss (methods.md §3.3).
+
+    ``Z = logit_scale · I Tᵀ`` is B×BK with text ``i·K + k`` belonging to image ``i``.
+    ``L_i2t = (1/B) Σ_i Σ_k −log softmax_row(Z_i)[(i,k)]``, ``L_t2i = (1/(BK)) Σ_t −log softmax_col(Z)[img(t), t]``;
+    ``L = (L_i2t + L_t2i)/(2K)`` for ``t2i_divisor="K"``, ``(L_i2t/K + L_t2i)/2`` for ``"1"``. K=1 gives clip_loss.
+
+    Args:
+        image_features: [B, d]. text_features: [B, K, d] (K ≥ 1), image-major.
+        logit_scale: float or 0-dim tensor. t2i_divisor: "K" or "1". backend: see :func:`clip_loss`.
+
+    Returns:
+        0-dim float32 loss (float64 for float64 inputs).
+    """
+    _check_divisor(t2i_divisor)
+    if isinstance(text_features, Tensor) and text_features.dim() == 3 and text_features.shape[1] < 1:
+        raise ValueError(f"text_features must have K >= 1 texts per image, got shape {tuple(text_features.shape)}")
+    names = ("image_features", "text_features")
+    _check_features(names, image_features, text_features, (2, 3))
+    _check_batch(names, image_features, text_features)
+    B, K, d = text_features.shape
+    scale = _scale(logit_scale, image_features.device)
+    w_i2t, w_t2i = _one_to_k_weights(B, K, t2i_divisor)
+    return contrastive_loss(image_features, text_features.reshape(B * K, d), scale, col_div=K, w_row=w_i2t,
+                            w_col=w_t2i, backend=backend)
+
+
+def triplet_loss(a: Tensor, b: Tensor, *, margin: float = 0.2, max_violation: bool = True, reduction: str = "sum",
+                 backend: str = "auto") -> Tensor:
+    """VSE++ bidirectional hinge on ``S = b aᵀ`` (pairs on the diagonal); see :mod:`ccr_fast.ops.triplet`.
+
+    Args:
+        a: [B, d], b: [B, d] (B ≥ 2). margin: hinge margin. max_violation: hardest negative only.
+        reduction: "sum" or "mean" (divides by B). backend: see :func:`clip_loss`.
+    """
+    from .ops.triplet import triplet_loss as _triplet_loss  # noqa: PLC0415 - another op family
+
+    return _triplet_loss(a, b, margin=margin, max_violation=max_violation, reduction=reduction, backend=backend)
+
+
+def similarity_distillation_loss(teacher: Tensor, student: Tensor, anchor: Tensor, *,
+                                 temperature: float = 0.07) -> Tensor:
+    """NRCCR DTL (methods.md §1.3): soft cross-entropy between the teacher's and the student's similarity
+    distributions over ``anchor``, in both directions, averaged.
+
+    ``P = softmax(teacher.detach() · anchorᵀ / τ)``, ``log Q = log_softmax(student · anchorᵀ / τ)``;
+    ``DTL = ½[mean_i(−Σ_j P_ij log Q_ij) + mean_j(−Σ_i Pᵀ_ji log Qᵀ_ji)]`` with the second term's softmaxes taken
+    over the teacher/student rows (for each anchor). The teacher is detached inside; the anchor is not (it gets
+    gradient through both the student and the teacher logits, as in the released code).
+
+    Args:
+        teacher: [B, d]. student: [B, d]. anchor: [B, d] (the visual embeddings). temperature: τ > 0.
+
+    Returns:
+        0-dim float32 loss (float64 for float64 inputs). Plain PyTorch (O(B²) memory).
+    """
+    names = ("teacher", "student")
+    _check_features(names, teacher, student, (2, 2))
+    _check_batch(names, teacher, student)
+    _check_features(("teacher", "anchor"), teacher, anchor, (2, 2))
+    _check_batch(("teacher", "anchor"), teacher, anchor)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
+    if not (temperature > 0 and temperature != float("inf")):
+        raise ValueError(f"temperature must be a finite float > 0, got {temperature}")
+    acc = acc_dtype(torch.promote_types(student.dtype, anchor.dtype))
+    with torch.autocast(student.device.type, enabled=False):
+        t, s, v = teacher.detach().to(acc), student.to(acc), anchor.to(acc)
+        logits_t = (t @ v.T) / temperature  # [B (texts), B (anchors)]
+        logits_s = (s @ v.T) / temperature
+        t2v = -(torch.softmax(logits_t, dim=1) * torch.log_softmax(logits_s, dim=1)).sum(1).mean()
+        v2t = -(torch.softmax(logits_t, dim=0) * torch.log_softmax(logits_s, dim=0)).sum(0).mean()
+        return 0.5 * (t2v + v2t)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distributed gathering (open_clip semantics)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_world(rank: int, world_size: int) -> None:
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+
+
+def gather_features(features: Tensor, *, local_loss: bool, gather_with_grad: bool, rank: int,
+                    world_size: int) -> Tensor:
+    """All-gather ``features`` [b, d] from every rank into [world_size·b, d] (rank-major), as open_clip does.
+
+    ``gather_with_grad``: autograd all-gather (``torch.distributed.nn.functional.all_gather``; its backward sums
+    the gradients of every rank's copy). Otherwise a plain all-gather whose own slot is replaced by the local
+    tensor (so the local gradient flows) unless ``local_loss``.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(f"world_size={world_size} needs an initialised torch.distributed process group")
+    if dist.get_world_size() != world_size:
+        raise ValueError(f"world_size={world_size} does not match torch.distributed ({dist.get_world_size()})")
+    if gather_with_grad:
+        from torch.distributed.nn.functional import all_gather  # noqa: PLC0415
+
+        return torch.cat(all_gather(features), dim=0)
+    gathered = [torch.zeros_like(features) for _ in range(world_size)]
+    dist.all_gather(gathered, features.contiguous())
+    if not local_loss:
+        gathered[rank] = features
+    return torch.cat(gathered, dim=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ClipLoss(nn.Module):
+    """Drop-in for ``open_clip.loss.ClipLoss`` with the fused kernel underneath.
+
+    With ``world_size > 1`` the features are all-gathered through ``torch.distributed`` (``gather_with_grad``
+    as in open_clip). ``local_loss=False``: the global loss over the gathered batch on every rank.
+    ``local_loss=True``: local rows against all gathered columns in both directions, labels offset by
+    ``rank · b`` — mapped onto the kernel's positive rule ``(rank·b, 1, 0, 1)`` with a row-only cross-entropy.
+
+    Args:
+        local_loss, gather_with_grad, cache_labels, rank, world_size: as open_clip. backend: kernel backend.
+    """
+
+    def __init__(self, local_loss: bool = False, gather_with_grad: bool = False, cache_labels: bool = False,
+                 rank: int = 0, world_size: int = 1, *, backend: str = "auto"):
+        super().__init__()
+        _check_world(rank, world_size)
+        self.local_loss = local_loss
+        self.gather_with_grad = gather_with_grad
+        self.cache_labels = cache_labels
+        self.rank = rank
+        self.world_size = world_size
+        self.backend = backend
+        self.prev_num_logits = 0
+        self.labels = {}
+
+    def get_ground_truth(self, device: torch.device, num_logits: int) -> Tensor:
+        """open_clip-compatible labels ``arange(num_logits) (+ num_logits·rank with local_loss)`` (cached if asked)."""
+        if self.prev_num_logits != num_logits or device not in self.labels:
+            labels = torch.arange(num_logits, device=device, dtype=torch.long)
+            if self.world_size > 1 and self.local_loss:
+                labels = labels + num_logits * self.rank
+            if self.cache_labels:
+                self.labels[device] = labels
+                self.prev_num_logits = num_logits
+            return labels
+        return self.labels[device]
+
+    def get_logits(self, image_features: Tensor, text_features: Tensor, logit_scale: Scale) -> Tuple[Tensor, Tensor]:
+        """open_clip-compatible dense logits (materialises them; for inspection, not used by :meth:`forward`)."""
+        if self.world_size > 1:
+            all_i = gather_features(image_features, local_loss=self.local_loss,
+                                    gather_with_grad=self.gather_with_grad, rank=self.rank,
+                                    world_size=self.world_size)
+            all_t = gather_features(text_features, local_loss=self.local_loss,
+                                    gather_with_grad=self.gather_with_grad, rank=self.rank,
+                                    world_size=self.world_size)
+            if self.local_loss:
+                return logit_scale * image_features @ all_t.T, logit_scale * text_features @ all_i.T
+            per_image = logit_scale * all_i @ all_t.T
+            return per_image, per_image.T
+        per_image = logit_scale * image_features @ text_features.T
+        return per_image, per_image.T
+
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Scale,
+                output_dict: bool = False) -> Union[Tensor, dict]:
+        """Loss of a local batch: image_features [b, d], text_features [b, d]; 0-dim float32 (or a dict)."""
+        if self.world_size == 1:
+            loss = clip_loss(image_features, text_features, logit_scale, backend=self.backend)
+        else:
+            names = ("image_features", "text_features")
+            _check_features(names, image_features, text_features, (2, 2))
+            _check_batch(names, image_features, text_features)
+            scale = _scale(logit_scale, image_features.device)
+            opts = dict(local_loss=self.local_loss, gather_with_grad=self.gather_with_grad, rank=self.rank,
+                        world_size=self.world_size)
+            all_i, all_t = gather_features(image_features, **opts), gather_features(text_features, **opts)
+            if self.local_loss:
+                b = image_features.shape[0]
+                w = 1.0 / (2.0 * b)
+                loss = contrastive_loss(image_features, all_t, scale, row_off=self.rank * b, w_row=w, w_col=0.0,
+                                        backend=self.backend) \
+                    + contrastive_loss(text_features, all_i, scale, row_off=self.rank * b, w_row=w, w_col=0.0,
+                                       backend=self.backend)
+            else:
+                w = 1.0 / (2.0 * all_i.shape[0])
+                loss = contrastive_loss(all_i, all_t, scale, w_row=w, w_col=w, backend=self.backend)
+        return {"contrastive_loss": loss} if output_dict else loss
+
+
+class OneToKLoss(nn.Module):
+    """Module form of :func:`one_to_k_loss` with open_clip-style gathering.
+
+    ``local_loss=True`` on rank ``p`` with local batch ``b``: image rows ``(p·b, 1, 0, K)`` against all gathered
+    texts, and text rows ``(p·b·K, K, 0, 1)`` against all gathered images, each a row-only cross-entropy with the
+    1-to-K weights of the local batch; the mean over ranks equals the global loss.
+
+    Args:
+        k: texts per image. t2i_divisor: "K" or "1". local_loss, gather_with_grad, rank, world_size: as ClipLoss.
+        backend: kernel backend.
+    """
+
+    def __init__(self, k: int, *, t2i_divisor: str = "K", local_loss: bool = False, gather_with_grad: bool = False,
+                 rank: int = 0, world_size: int = 1, backend: str = "auto"):
+        super().__init__()
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        if k < 1:
+            raise ValueError(f"k (texts per image) must be >= 1, got {k}")
+        _check_divisor(t2i_divisor)
+        _check_world(rank, world_size)
+        self.k, self.t2i_divisor = k, t2i_divisor
+        self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
+        self.rank, self.world_size, self.backend = rank, world_size, backend
+
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Scale,
+                output_dict: bool = False) -> Union[Tensor, dict]:
+        """image_features [b, d]; text_features [b, K, d] or [b·K, d] (image-major). 0-dim float32 (or a dict)."""
+        check_tensor("image_features", image_features, ndim=2, nonempty=False)
+        check_tensor("text_features", text_features, nonempty=False)
+        texts = _texts_3d(text_features, image_features.shape[0], self.k)
+        if self.world_size == 1:
+            loss = one_to_k_loss(image_features, texts, logit_scale, t2i_divisor=self.t2i_divisor,
+                                 backend=self.backend)
+            return {"contrastive_loss": loss} if output_dict else loss
+        names = ("image_features", "text_features")
+        _check_features(names, image_features, texts, (2, 3))
+        _check_batch(names, image_features, texts)
+        scale = _scale(logit_scale, image_features.device)
+        b, K, d = texts.shape
+        flat = texts.reshape(b * K, d)
+        opts = dict(local_loss=self.local_loss, gather_with_grad=self.gather_with_grad, rank=self.rank,
+                    world_size=self.world_size)
+        all_i, all_t = gather_features(image_features, **opts), gather_features(flat, **opts)
+        if self.local_loss:
+            w_i2t, w_t2i = _one_to_k_weights(b, K, self.t2i_divisor)
+            loss = contrastive_loss(image_features, all_t, scale, row_off=self.rank * b, col_div=K, w_row=w_i2t,
+                                    w_col=0.0, backend=self.backend) \
+                + contrastive_loss(flat, all_i, scale, row_off=self.rank * b * K, row_div=K, w_row=w_t2i,
+                                   w_col=0.0, backend=self.backend)
+        else:
+            w_i2t, w_t2i = _one_to_k_weights(all_i.shape[0], K, self.t2i_divisor)
+            loss = contrastive_loss(all_i, all_t, scale, col_div=K, w_row=w_i2t, w_col=w_t2i, backend=self.backend)
+        return {"contrastive_loss": loss} if output_dict else loss
+
+
+class TripletLoss(nn.Module):
+    """Module form of :func:`triplet_loss` (VSE++; NRCCR uses margin 0.2, max_violation, sum)."""
+
+    def __init__(self, margin: float = 0.2, max_violation: bool = True, reduction: str = "sum", *,
+                 backend: str = "auto"):
+        super().__init__()
+        self.margin, self.max_violation, self.reduction, self.backend = margin, max_violation, reduction, backend
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        """a [B, d], b [B, d] → 0-dim float32 loss."""
+        return triplet_loss(a, b, margin=self.margin, max_violation=self.max_violation, reduction=self.reduction,
+                            backend=self.backend)

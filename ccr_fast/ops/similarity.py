@@ -1,0 +1,114 @@
+"""Similarity op family: ``scores = queries · galleryᵀ`` (docs/interop.md, "similarity").
+
+Contents: the plain-torch reference (:func:`similarity_torch`, the ``"torch"`` backend and the oracle), the CPU
+host function over ``ccr_fast._C`` (:func:`similarity_cpu`), dispatch to ``ccr_fast.ops._cuda.similarity`` /
+``ccr_fast.triton.similarity.similarity`` (imported lazily), the custom op ``ccr_fast::similarity`` (fake kernel
+and autograd: ``dq = grad · g``, ``dg = gradᵀ · q``) and the validated entry :func:`similarity`.
+
+Scores are accumulated in fp32 (fp64 for fp64 inputs) and returned in the input dtype. Under autocast the
+operands are cast to the autocast dtype first (fp64 left alone), like a matmul.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._backend import DTYPE_CODES, extension, resolve_backend
+from ._common import acc_dtype, check_same, check_tensor, cpu_operand, rows_contiguous
+
+Tensor = torch.Tensor
+
+
+def similarity_torch(q: Tensor, g: Tensor) -> Tensor:
+    """Reference: ``q gᵀ`` in the accumulation dtype. q: [Q, d], g: [G, d] → [Q, G] acc."""
+    acc = acc_dtype(q.dtype)
+    return q.to(acc) @ g.to(acc).T
+
+
+def similarity_cpu(q: Tensor, g: Tensor) -> Tensor:
+    """CPU kernel: q [Q, d], g [G, d] (fp16/bf16 converted to fp32) → scores [Q, G] acc dtype."""
+    q, g = cpu_operand(q), cpu_operand(g)
+    if q.dtype != g.dtype:
+        q, g = q.double(), g.double()
+    out = torch.empty(q.shape[0], g.shape[0], dtype=q.dtype)
+    extension().similarity_cpu(q.data_ptr(), g.data_ptr(), q.shape[0], g.shape[0], q.shape[1], q.stride(0),
+                               g.stride(0), DTYPE_CODES[q.dtype], out.data_ptr(), out.stride(0))
+    return out
+
+
+def similarity_backend(q: Tensor, g: Tensor, backend: str) -> Tensor:
+    """Scores [Q, G] in the accumulation dtype from a concrete ``backend`` (no autograd, no validation)."""
+    if backend == "torch":
+        return similarity_torch(q, g)
+    q, g = rows_contiguous(q), rows_contiguous(g)
+    if backend == "cpu":
+        return similarity_cpu(q, g)
+    if backend == "cuda":
+        from . import _cuda  # noqa: PLC0415 - lazy: may be absent
+
+        return _cuda.similarity(q, g)
+    if backend == "triton":
+        from ..triton import similarity as _tri  # noqa: PLC0415
+
+        return _tri.similarity(q, g)
+    raise ValueError(f"backend must be a concrete backend ('cuda', 'triton', 'cpu', 'torch'), got {backend!r}")
+
+
+@torch.library.custom_op("ccr_fast::similarity", mutates_args=())
+def similarity_op(q: Tensor, g: Tensor, backend: str) -> Tensor:
+    """Scores ``q gᵀ`` [Q, G] in q's dtype (fp32/fp64 accumulation) from a concrete backend."""
+    with torch.autocast(q.device.type, enabled=False):
+        return similarity_backend(q, g, backend).to(q.dtype)
+
+
+@similarity_op.register_fake
+def _similarity_fake(q, g, backend):
+    return q.new_empty((q.shape[0], g.shape[0]))
+
+
+def _sim_setup_context(ctx, inputs, output):
+    q, g, _ = inputs
+    ctx.save_for_backward(q, g)
+
+
+def _sim_backward(ctx, grad):
+    q, g = ctx.saved_tensors
+    acc = acc_dtype(q.dtype)
+    with torch.autocast(q.device.type, enabled=False):
+        ga = grad.to(acc)
+        dq = (ga @ g.to(acc)).to(q.dtype) if ctx.needs_input_grad[0] else None
+        dg = (ga.T @ q.to(acc)).to(g.dtype) if ctx.needs_input_grad[1] else None
+    return dq, dg, None
+
+
+similarity_op.register_autograd(_sim_backward, setup_context=_sim_setup_context)
+
+
+def similarity(queries: Tensor, gallery: Tensor, *, backend: str = "auto") -> Tensor:
+    """Inner products of every query with every gallery row (cosine scores for L2-normalised inputs).
+
+    Args:
+        queries: [Q, d]. gallery: [G, d], same device and dtype (mixed dtypes only under autocast).
+        backend: "auto", "cuda", "triton", "cpu" or "torch".
+
+    Returns:
+        scores [Q, G] in the (autocast) input dtype, accumulated in fp32 (fp64 for fp64).
+    """
+    check_tensor("queries", queries, ndim=2)
+    check_tensor("gallery", gallery, ndim=2)
+    check_same(("queries", "gallery"), (queries, gallery), dtype=False)
+    dev = queries.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        queries = queries if queries.dtype == torch.float64 else queries.to(dt)
+        gallery = gallery if gallery.dtype == torch.float64 else gallery.to(dt)
+        if queries.dtype != gallery.dtype:
+            queries, gallery = queries.double(), gallery.double()
+    elif queries.dtype != gallery.dtype:
+        raise ValueError(f"gallery must have the same dtype as queries ({queries.dtype}), got {gallery.dtype}")
+    if gallery.shape[1] != queries.shape[1]:
+        raise ValueError(f"gallery must have feature size {queries.shape[1]} (that of queries), "
+                         f"got shape {tuple(gallery.shape)}")
+    name = resolve_backend(backend, queries.device, op="similarity")
+    if name in ("cuda", "triton") and queries.dtype == torch.float64:
+        raise RuntimeError(f"backend {name!r} does not take float64 inputs; use backend='cpu' or 'torch'")
+    return torch.ops.ccr_fast.similarity(queries, gallery, name)
