@@ -1,0 +1,194 @@
+"""Plots (PNG) and ``RESULTS.md`` generated from the benchmark JSON files — never hand-typed numbers."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections import OrderedDict
+from typing import Dict, List, Optional, Tuple
+
+from .harness import MEM_KIND_CPU, MEM_KIND_CUDA
+
+MEM_TEXT = {
+    MEM_KIND_CPU: "peak resident-set growth of the process during one call (Linux VmHWM reset via "
+                  "/proc/self/clear_refs, glibc mmap threshold pinned at 64 KiB so large buffers leave the RSS on "
+                  "free): every byte the call touches beyond what was resident before it — outputs, temporaries, "
+                  "gradients, C++ workspaces — not the inputs; noise floor a few hundred KiB",
+    MEM_KIND_CUDA: "torch.cuda.max_memory_allocated() minus memory_allocated() before one call (peak extra memory "
+                   "above the inputs, gradients included)",
+}
+
+# (x axis, the keys that define one line plot / table) per op.
+LAYOUT = {
+    "clip": ("B", ("op", "K", "d", "dtype")),
+    "one_to_k": ("B", ("op", "K", "d", "dtype")),
+    "topk": ("G", ("op", "Q", "k", "d", "dtype")),
+    "ranks": ("G", ("op", "Q", "d", "dtype")),
+    "eval": ("captions", ("op", "d", "dtype")),
+    "train": ("batch", ("op", "method", "d")),
+}
+
+
+def load(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _groups(records: List[dict]) -> "OrderedDict[Tuple, List[dict]]":
+    groups: "OrderedDict[Tuple, List[dict]]" = OrderedDict()
+    for r in records:
+        _, keys = LAYOUT.get(r["op"], ("B", ("op",)))
+        groups.setdefault(tuple((k, r.get(k)) for k in keys), []).append(r)
+    return groups
+
+
+def _providers(records: List[dict]) -> List[str]:
+    seen: List[str] = []
+    for r in records:
+        if r["provider"] not in seen:
+            seen.append(r["provider"])
+    return seen
+
+
+def _label(group_key: Tuple) -> str:
+    return " ".join(f"{k}={v}" if k != "op" else str(v) for k, v in group_key)
+
+
+def _human(x: float) -> str:
+    for div, suffix in ((1 << 20, "M"), (1 << 10, "k")):
+        if x >= div and x % div == 0:
+            return f"{x // div}{suffix}"
+    for div, suffix in ((1_000_000, "M"), (1000, "k")):
+        if x >= div and x % div == 0:
+            return f"{x // div}{suffix}"
+    return str(x)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.replace(" ", "-").replace("=", ""))
+
+
+def plot(payload: dict, out_dir: str, stem: str) -> List[str]:
+    """One PNG per group with at least two x values: time and memory vs x, log-log, one line per provider."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    env = payload["env"]
+    written = []
+    for gkey, recs in _groups(payload["records"]).items():
+        xname = LAYOUT.get(gkey[0][1], ("B",))[0]
+        xs = sorted({r[xname] for r in recs})
+        if len(xs) < 2:
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for name in _providers(recs):
+            for ax, field, scale, unit in ((axes[0], "time_ms", 1.0, "ms"), (axes[1], "mem_bytes", 2**-20, "MiB")):
+                pts = [(r[xname], r[field]) for r in recs if r["provider"] == name and r.get(field)]
+                pts = [(x, q) for x, q in sorted(pts) if q["median"] * scale > 0]
+                if not pts:
+                    continue
+                x = [p[0] for p in pts]
+                y = [p[1]["median"] * scale for p in pts]
+                lo = [max(0.0, (p[1]["median"] - p[1]["q20"]) * scale) for p in pts]
+                hi = [max(0.0, (p[1]["q80"] - p[1]["median"]) * scale) for p in pts]
+                ax.errorbar(x, y, yerr=[lo, hi], marker="o", ms=3, capsize=2, label=name,
+                            linestyle="--" if name == "gemm_floor" else "-")
+                ax.set_ylabel(f"{'time' if field == 'time_ms' else 'peak extra memory'} [{unit}]")
+        for ax in axes:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xticks(xs, [_human(x) for x in xs])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel(xname)
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"{payload['suite']} {payload.get('mode', '')}: {_label(gkey)} — {env['device_name']} "
+                     f"({env['device']})", fontsize=9)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"{stem}__{_slug(_label(gkey))}.png")
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _fmt_time(r: Optional[dict], ratio_key: str) -> str:
+    if r is None:
+        return ""
+    if not r.get("time_ms"):
+        return r.get("status", "")
+    t = r["time_ms"]["median"]
+    cell = f"{t:.3g} ms" if t < 1000 else f"{t / 1e3:.3g} s"
+    if ratio_key in r:
+        cell += f" ({r[ratio_key]:.2f}×)"
+    return cell
+
+
+def _fmt_mem(r: Optional[dict]) -> str:
+    if r is None:
+        return ""
+    if not r.get("mem_bytes"):
+        return r.get("status", "") if not r.get("time_ms") else "n/a"
+    return f"{r['mem_bytes']['median'] / 2**20:.3g}"
+
+
+def tables(payload: dict) -> List[str]:
+    """Markdown lines: per group a time table (ratio in parentheses) and a memory table (MiB)."""
+    ratio_key = "speedup_vs_eager" if payload["suite"] in ("losses", "training") else "speedup_vs_torch"
+    lines: List[str] = []
+    for gkey, recs in _groups(payload["records"]).items():
+        xname = LAYOUT.get(gkey[0][1], ("B",))[0]
+        provs = _providers(recs)
+        xs = sorted({r[xname] for r in recs})
+        cell: Dict[Tuple, dict] = {(r[xname], r["provider"]): r for r in recs}
+        lines += [f"#### {_label(gkey)}", "", "time, median of the repetitions (speedup over the baseline):", ""]
+        lines += ["| " + " | ".join([xname] + provs) + " |", "|" + "---|" * (len(provs) + 1)]
+        for x in xs:
+            lines.append("| " + " | ".join([str(x)] + [_fmt_time(cell.get((x, p)), ratio_key) for p in provs]) + " |")
+        lines += ["", "peak extra memory [MiB]:", ""]
+        lines += ["| " + " | ".join([xname] + provs) + " |", "|" + "---|" * (len(provs) + 1)]
+        for x in xs:
+            lines.append("| " + " | ".join([str(x)] + [_fmt_mem(cell.get((x, p))) for p in provs]) + " |")
+        lines.append("")
+    return lines
+
+
+def write_results_md(results_dir: str, md_path: str) -> str:
+    """Regenerate ``md_path`` from every ``*.json`` under ``results_dir`` (plots referenced if present)."""
+    paths = sorted(glob.glob(os.path.join(results_dir, "*.json")))
+    md_dir = os.path.dirname(os.path.abspath(md_path))
+    lines = ["# ccr_fast benchmark results", "",
+             "Generated by `python -m ccr_fast bench` from the JSON files next to the plots; do not edit by hand.",
+             "Times are medians of interleaved repetitions (20/80 % quantiles in the JSON and as error bars in the "
+             "plots). Ratios in parentheses are speedups over the baseline measured in the same process: "
+             "`torch_eager` (materialised logits) for losses, the plain-torch provider (`torch_chunked`, "
+             "`torch_full`) for retrieval; above 1 is faster. `gemm_floor` is the speed floor (the GEMMs alone).",
+             ""]
+    for path in paths:
+        payload = load(path)
+        env = payload["env"]
+        stem = os.path.splitext(os.path.basename(path))[0]
+        lines += [f"## {payload['suite']} — {env['device_name']} ({env['device']})", ""]
+        lines += [f"- file: `{os.path.relpath(path, md_dir)}`, command: `{payload.get('command', '')}`",
+                  f"- torch {env['torch']}, triton {env.get('triton')}, CUDA {env.get('cuda')}, python "
+                  f"{env['python']}, ccr_fast {env['ccr_fast']} (git {env['git_commit']}), {env['timestamp']}",
+                  f"- threads: torch {env['torch_threads']}, ccr_fast OpenMP {env.get('ccr_fast_cpu_threads')}, "
+                  f"OMP_NUM_THREADS={env.get('omp_num_threads')}",
+                  f"- mode: {payload.get('mode', '')}; memory column: {MEM_TEXT.get(payload.get('mem_kind'), '')}"]
+        for name, why in payload.get("skipped", {}).items():
+            lines.append(f"- left out `{name}`: {why}")
+        errors = {(r["provider"], r.get("error") or r.get("note", "")) for r in payload["records"]
+                  if r.get("status") != "ok"}
+        for prov, err in sorted(errors):
+            lines.append(f"- `{prov}` failed at some points: {err}")
+        lines.append("")
+        lines += tables(payload)
+        for png in sorted(glob.glob(os.path.join(os.path.dirname(path), f"{stem}__*.png"))):
+            lines += [f"![{os.path.basename(png)}]({os.path.relpath(png, md_dir)})", ""]
+    with open(md_path, "w") as f:
+        f.write("\n".join(lines).rstrip() + "\n")
+    return md_path

@@ -1,0 +1,262 @@
+"""Retrieval benchmark: streaming top-k and target-rank counting vs gallery size, and an end-to-end evaluation.
+
+Providers:
+
+* ``ccr_fast[<backend>]`` — ``ccr_fast.retrieval.topk`` / ``target_ranks`` / ``ccr_fast.metrics.evaluate_embeddings``
+  with ``backend=`` each usable backend of the device;
+* ``torch_chunked`` — the plain-torch way: query chunks of ``Q_c`` rows (``Q_c·G ≤ 2^24`` scores), ``mm`` then
+  ``torch.topk`` (top-k) or a compare-and-count against the target's score with the index tie rule (ranks);
+* ``faiss_flat_ip`` — ``faiss.IndexFlatIP`` exact inner-product search (top-k only, fp32, CPU; the index build is
+  setup and not timed) when faiss is importable;
+* ``torch_full`` (end-to-end evaluation only) — the whole ``Q×G`` score matrix, ranks by comparison with the
+  targets' scores, then ``ccr_fast.metrics.retrieval_metrics``.
+
+FLOP convention: one similarity GEMM, ``2·Q·G·d``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Tuple
+
+import torch
+
+from . import harness
+from .losses import DTYPES
+
+CHUNK_SCORES = 1 << 24
+
+
+def _chunk_rows(q: int, g: int) -> int:
+    return max(1, min(q, CHUNK_SCORES // max(g, 1)))
+
+
+def torch_chunked_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Top-k inner products per query by chunked ``mm`` + ``torch.topk`` (ties in torch's own order)."""
+    step = _chunk_rows(queries.shape[0], gallery.shape[0])
+    vals, idxs = [], []
+    for s in range(0, queries.shape[0], step):
+        v, i = torch.topk(queries[s:s + step] @ gallery.T, k, dim=1)
+        vals.append(v)
+        idxs.append(i)
+    return torch.cat(vals), torch.cat(idxs)
+
+
+def torch_chunked_ranks(queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each query's target: ``#{s > s_t} + #{s == s_t and index < t}``, by chunked ``mm``."""
+    step = _chunk_rows(queries.shape[0], gallery.shape[0])
+    cols = torch.arange(gallery.shape[0], device=gallery.device)
+    out = []
+    for s in range(0, queries.shape[0], step):
+        scores = queries[s:s + step] @ gallery.T
+        t = targets[s:s + step]
+        st = scores.gather(1, t[:, None])
+        better = (scores > st) | ((scores == st) & (cols[None, :] < t[:, None]))
+        out.append(better.sum(dim=1))
+    return torch.cat(out)
+
+
+def full_matrix_ranks(text: torch.Tensor, visual: torch.Tensor, text_to_visual: torch.Tensor):
+    """t2v and v2t ranks from the whole score matrix (the reference of the end-to-end evaluation).
+
+    Returns:
+        (t2v[Q] best rank of each caption's item, v2t[G'] best rank among each captioned item's captions,
+        v2t_all list of per-item rank tensors) — 0-based, index tie rule.
+    """
+    scores = text @ visual.T  # [Q, G]
+    q, g = scores.shape
+    cols = torch.arange(g, device=scores.device)
+    st = scores.gather(1, text_to_visual[:, None])
+    t2v = ((scores > st) | ((scores == st) & (cols[None, :] < text_to_visual[:, None]))).sum(1)
+    sv = scores.T  # [G, Q]
+    rows = torch.arange(q, device=scores.device)
+    v2t, v2t_all = [], []
+    for item in torch.unique(text_to_visual).tolist():
+        caps = (text_to_visual == item).nonzero().flatten()
+        s = sv[item]
+        sc = s[caps]
+        r = ((s[None, :] > sc[:, None]) | ((s[None, :] == sc[:, None]) & (rows[None, :] < caps[:, None]))).sum(1)
+        v2t.append(r.min())
+        v2t_all.append(r)
+    return t2v, torch.stack(v2t), v2t_all
+
+
+# ---------------------------------------------------------------------------------------------- providers
+def topk_providers(q, g, k, device, backends) -> Tuple[Dict[str, Callable], Dict[str, str]]:
+    providers, skipped = {}, {}
+    from ccr_fast import retrieval
+
+    api = getattr(retrieval, "topk", None)
+    for be in backends:
+        if api is None:
+            skipped[f"ccr_fast[{be}]"] = "ccr_fast.retrieval.topk is not available yet"
+        else:
+            providers[f"ccr_fast[{be}]"] = lambda be=be: api(q, g, k, backend=be)
+    providers["torch_chunked"] = lambda: torch_chunked_topk(q, g, k)
+    reason = _faiss_reason(device, q.dtype)
+    if reason is None:
+        import faiss  # type: ignore[import-not-found]
+
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        index = faiss.IndexFlatIP(g.shape[1])
+        index.add(g.numpy())
+        qn = q.numpy()
+        providers["faiss_flat_ip"] = lambda: index.search(qn, k)
+    else:
+        skipped["faiss_flat_ip"] = reason
+    return providers, skipped
+
+
+def _faiss_reason(device, dtype):
+    try:
+        import faiss  # type: ignore[import-not-found]  # noqa: F401
+    except Exception as exc:
+        return f"faiss not importable ({type(exc).__name__}: {exc})"
+    if device.type != "cpu":
+        return "faiss-cpu only (no GPU faiss wheel for this CUDA)"
+    if dtype != torch.float32:
+        return "faiss flat search is fp32 only"
+    return None
+
+
+def ranks_providers(q, g, targets, backends) -> Tuple[Dict[str, Callable], Dict[str, str]]:
+    providers, skipped = {}, {}
+    from ccr_fast import retrieval
+
+    api = getattr(retrieval, "target_ranks", None)
+    for be in backends:
+        if api is None:
+            skipped[f"ccr_fast[{be}]"] = "ccr_fast.retrieval.target_ranks is not available yet"
+        else:
+            providers[f"ccr_fast[{be}]"] = lambda be=be: api(q, g, targets, backend=be)
+    providers["torch_chunked"] = lambda: torch_chunked_ranks(q, g, targets)
+    return providers, skipped
+
+
+def eval_providers(text, visual, t2v, backends) -> Tuple[Dict[str, Callable], Dict[str, str]]:
+    providers, skipped = {}, {}
+    from ccr_fast import metrics
+
+    api = getattr(metrics, "evaluate_embeddings", None)
+    for be in backends:
+        if api is None:
+            skipped[f"ccr_fast[{be}]"] = "ccr_fast.metrics.evaluate_embeddings is not available yet"
+        else:
+            providers[f"ccr_fast[{be}]"] = lambda be=be: api(text, visual, t2v, backend=be)
+    rm = getattr(metrics, "retrieval_metrics", None)
+    if rm is None:
+        skipped["torch_full"] = "ccr_fast.metrics.retrieval_metrics is not available yet"
+    else:
+        def full():
+            a, b, c = full_matrix_ranks(text, visual, t2v)
+            return rm(a, b, v2t_all_ranks=c)
+
+        providers["torch_full"] = full
+    return providers, skipped
+
+
+# ---------------------------------------------------------------------------------------------------- sweeps
+def sweep_configs(device: torch.device, quick: bool) -> Dict[str, List[dict]]:
+    """Points per benchmark: ``topk`` and ``ranks`` vs gallery size G, ``eval`` per split (items/captions)."""
+    if quick:
+        gs, ks, q, d = [1000, 4000], [1, 10], 256, 256
+        splits = [(1000, 5000)]
+    elif device.type == "cuda":
+        gs, ks, q, d = [10_000, 100_000, 1_000_000, 4_000_000], [1, 10, 100], 5000, 512
+        splits = [(1000, 5000), (5000, 25000)]
+    else:
+        gs, ks, q, d = [1000, 3000, 10_000, 30_000, 100_000], [1, 10, 100], 1000, 256
+        splits = [(1000, 5000), (5000, 25000)]
+    topk = [{"Q": q, "G": g, "k": k, "d": d, "dtype": "fp32"} for k in ks for g in gs]
+    ranks = [{"Q": q, "G": g, "d": d, "dtype": "fp32"} for g in gs]
+    evals = [{"items": n, "captions": c, "d": d, "dtype": "fp32"} for n, c in splits]
+    return {"topk": topk, "ranks": ranks, "eval": evals}
+
+
+def run(device: torch.device, *, quick: bool, backends: List[str], reps: int = 5, max_seconds: float = 8.0,
+        log=print) -> dict:
+    """Run the retrieval sweep; returns the suite's JSON payload."""
+    gen = torch.Generator().manual_seed(0)
+    records, skipped_all = [], {}
+    points = sweep_configs(device, quick)
+    kw = dict(warmup=1, reps=3 if quick else reps, min_reps=2 if quick else 3, max_seconds=max_seconds,
+              mem_reps=2 if quick else 3)
+
+    def note_skips(skipped):
+        for name, why in skipped.items():
+            if name not in skipped_all:
+                skipped_all[name] = why
+                log(f"  [retrieval] skip {name}: {why}")
+
+    galleries = {}
+    for cfg in points["topk"] + points["ranks"]:
+        key = (cfg["G"], cfg["d"])
+        if key not in galleries:
+            galleries[key] = harness.random_unit((cfg["G"], cfg["d"]), DTYPES[cfg["dtype"]], device, gen)
+    queries = {}
+    for cfg in points["topk"]:
+        g = galleries[(cfg["G"], cfg["d"])]
+        q = queries.setdefault(cfg["d"], harness.random_unit((cfg["Q"], cfg["d"]), DTYPES[cfg["dtype"]], device,
+                                                             gen))
+        providers, skipped = topk_providers(q, g, cfg["k"], device, backends)
+        note_skips(skipped)
+        res = harness.measure(providers, device, **kw)
+        records += _records("topk", cfg, res, 2.0 * cfg["Q"] * cfg["G"] * cfg["d"])
+        _log_point(log, "topk", cfg, res)
+    for cfg in points["ranks"]:
+        g = galleries[(cfg["G"], cfg["d"])]
+        q = queries.setdefault(cfg["d"], harness.random_unit((cfg["Q"], cfg["d"]), DTYPES[cfg["dtype"]], device,
+                                                             gen))
+        targets = torch.randint(0, cfg["G"], (cfg["Q"],), generator=gen).to(device)
+        providers, skipped = ranks_providers(q, g, targets, backends)
+        note_skips(skipped)
+        res = harness.measure(providers, device, **kw)
+        records += _records("ranks", cfg, res, 2.0 * cfg["Q"] * cfg["G"] * cfg["d"])
+        _log_point(log, "ranks", cfg, res)
+    del galleries, queries
+    for cfg in points["eval"]:
+        n, c, d = cfg["items"], cfg["captions"], cfg["d"]
+        visual = harness.random_unit((n, d), DTYPES[cfg["dtype"]], device, gen)
+        t2v = torch.arange(c, device=device) % n  # every item gets c // n captions
+        text = torch.nn.functional.normalize(visual[t2v].float() + 0.5 * harness.random_unit((c, d), torch.float32,
+                                                                                            device, gen), dim=-1)
+        text = text.to(visual.dtype)
+        providers, skipped = eval_providers(text, visual, t2v, backends)
+        note_skips(skipped)
+        res = harness.measure(providers, device, **kw)
+        records += _records("eval", cfg, res, 2.0 * n * c * d)
+        _log_point(log, "eval", cfg, res)
+    for r in records:  # the plain-torch way is the baseline of every retrieval ratio
+        r["_base"] = r["provider"] == ("torch_full" if r["op"] == "eval" else "torch_chunked")
+    records = _add_ratios_vs(records)
+    return {"suite": "retrieval", "mode": "no-grad forward", "records": records, "skipped": skipped_all}
+
+
+def _records(op: str, cfg: dict, res: dict, flops: float) -> List[dict]:
+    return [{"op": op, **cfg, "provider": name, **r, "flops": flops} for name, r in res.items()]
+
+
+def _add_ratios_vs(records: List[dict]) -> List[dict]:
+    """``speedup_vs_torch`` (t_torch / t) and ``mem_ratio_vs_torch`` against the plain-torch provider."""
+    def key(r):
+        return tuple(sorted((k, v) for k, v in r.items() if k in ("op", "Q", "G", "k", "d", "dtype", "items",
+                                                                 "captions")))
+
+    base = {key(r): r for r in records if r.pop("_base") and r.get("time_ms")}
+    for r in records:
+        b = base.get(key(r))
+        if b is None or not r.get("time_ms"):
+            continue
+        r["speedup_vs_torch"] = b["time_ms"]["median"] / r["time_ms"]["median"]
+        if r.get("mem_bytes") and b.get("mem_bytes") and b["mem_bytes"]["median"] > 0:
+            r["mem_ratio_vs_torch"] = r["mem_bytes"]["median"] / b["mem_bytes"]["median"]
+    return records
+
+
+def _log_point(log, op, cfg, res):
+    parts = []
+    for name, r in res.items():
+        parts.append(f"{name}={r['time_ms']['median']:.2f}ms" if r["time_ms"] else f"{name}={r['status']}")
+    desc = " ".join(f"{k}={v}" for k, v in cfg.items() if k != "dtype")
+    log(f"  [retrieval:{op}] {desc}: " + " ".join(parts))
+
+
+__all__ = ["run", "sweep_configs", "torch_chunked_topk", "torch_chunked_ranks", "full_matrix_ranks"]
