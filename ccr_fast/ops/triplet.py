@@ -1,0 +1,267 @@
+"""VSE++ triplet op family (docs/interop.md, "triplet"; NRCCR's ``TripletLoss``, methods.md §1.3).
+
+With ``S[i, j] = b_i · a_j`` (B×B, pairs on the diagonal)::
+
+    max_violation:  row_cost[i] = [m + max_{j≠i} S[i,j] − S[i,i]]₊,   col_cost[j] = [m + max_{i≠j} S[i,j] − S[j,j]]₊
+    sum:            row_cost[i] = Σ_{j≠i} [m + S[i,j] − S[i,i]]₊,      col_cost[j] = Σ_{i≠j} [m + S[i,j] − S[j,j]]₊
+    loss = Σ (row_cost + col_cost)            (reduction "mean" divides by B)
+
+Hardest-negative ties go to the lower index; a hinge at exactly 0 has gradient 0.
+
+Contents:
+    * the plain-torch reference (the ``"torch"`` backend and the tests' oracle): :func:`triplet_forward_torch`,
+      :func:`triplet_backward_torch`;
+    * the CPU host functions over ``ccr_fast._C``: :func:`triplet_forward_cpu`, :func:`triplet_backward_cpu`;
+    * :func:`triplet_forward` / :func:`triplet_backward`: the kernel contract on a named backend (``"cuda"`` →
+      ``ccr_fast.ops._cuda``, ``"triton"`` → ``ccr_fast.triton.triplet``, imported lazily);
+    * the custom ops ``ccr_fast::triplet_fwd`` (→ summed loss, row_idx, col_idx) and ``ccr_fast::triplet_bwd``
+      (→ da, db) with fake kernels and autograd;
+    * :func:`triplet_loss`: the validated entry point used by :mod:`ccr_fast.losses`.
+
+Dtype policy: accumulation and the loss are float32 (float64 for float64 inputs); gradients come back in each
+input's dtype. Under autocast the operands follow :func:`ccr_fast.ops.contrastive.autocast_operands`.
+Memory: the kernels never materialise S (O(B·d) plus O(threads·B) on CPU); the torch reference does.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from .._backend import DTYPE_CODES, extension, resolve_backend
+from ._common import acc_dtype, check_same, check_tensor, cpu_operand, rows_contiguous
+from .contrastive import autocast_operands
+
+REDUCTIONS = ("sum", "mean")
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plain-torch reference
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def triplet_forward_torch(a: Tensor, b: Tensor, margin: float, max_violation: bool
+                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Reference forward (materialises S; differentiable).
+
+    Args:
+        a, b: [B, d] features (any float dtype, same device). margin: hinge margin. max_violation: hardest
+            negative only (True) or sum over all negatives (False).
+
+    Returns:
+        row_cost [B], col_cost [B] (acc dtype), row_idx [B], col_idx [B] (int64; −1 in sum mode).
+    """
+    acc = acc_dtype(a.dtype)
+    s = b.to(acc) @ a.to(acc).T
+    diag = s.diagonal()
+    n = s.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=s.device)
+    if max_violation:
+        masked = s.masked_fill(eye, float("-inf"))
+        row_idx = masked.argmax(dim=1)  # argmax returns the first maximal index: ties -> lower index
+        col_idx = masked.argmax(dim=0)
+        row_cost = torch.relu(margin + masked.gather(1, row_idx[:, None])[:, 0] - diag)
+        col_cost = torch.relu(margin + masked.gather(0, col_idx[None, :])[0] - diag)
+        return row_cost, col_cost, row_idx, col_idx
+    row_cost = torch.relu(margin + s - diag[:, None]).masked_fill(eye, 0.0).sum(dim=1)
+    col_cost = torch.relu(margin + s - diag[None, :]).masked_fill(eye, 0.0).sum(dim=0)
+    none = torch.full((n,), -1, dtype=torch.int64, device=s.device)
+    return row_cost, col_cost, none, none.clone()
+
+
+def triplet_backward_torch(a: Tensor, b: Tensor, margin: float, max_violation: bool, row_idx: Tensor,
+                           col_idx: Tensor, grad: float) -> Tuple[Tensor, Tensor]:
+    """Reference backward: autograd of ``grad · Σ(row_cost + col_cost)`` (recomputes its own argmax).
+
+    Returns:
+        da [B, d], db [B, d] in the acc dtype.
+    """
+    acc = acc_dtype(a.dtype)
+    with torch.enable_grad():
+        a_ = a.detach().to(acc).requires_grad_(True)
+        b_ = b.detach().to(acc).requires_grad_(True)
+        row, col, _, _ = triplet_forward_torch(a_, b_, margin, max_violation)
+        da, db = torch.autograd.grad(grad * (row.sum() + col.sum()), (a_, b_))
+    return da, db
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CPU host functions (ccr_fast._C)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def triplet_forward_cpu(a: Tensor, b: Tensor, margin: float, max_violation: bool
+                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """CPU kernel forward: same outputs as :func:`triplet_forward_torch` (fp16/bf16 computed in float32)."""
+    a, b = cpu_operand(a), cpu_operand(b)
+    n, d = a.shape
+    acc = acc_dtype(a.dtype)
+    row_cost, col_cost = torch.empty(n, dtype=acc), torch.empty(n, dtype=acc)
+    row_idx, col_idx = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
+    extension().triplet_forward_cpu(a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(0), n, d, float(margin),
+                                    bool(max_violation), row_cost.data_ptr(), col_cost.data_ptr(),
+                                    row_idx.data_ptr(), col_idx.data_ptr(), DTYPE_CODES[a.dtype])
+    return row_cost, col_cost, row_idx, col_idx
+
+
+def triplet_backward_cpu(a: Tensor, b: Tensor, margin: float, max_violation: bool, row_idx: Tensor,
+                         col_idx: Tensor, grad: float) -> Tuple[Tensor, Tensor]:
+    """CPU kernel backward: da [B, d], db [B, d] (acc dtype) of ``grad · Σ(row_cost + col_cost)``."""
+    a, b = cpu_operand(a), cpu_operand(b)
+    n, d = a.shape
+    acc = acc_dtype(a.dtype)
+    row_idx = row_idx.to(torch.int64).contiguous()
+    col_idx = col_idx.to(torch.int64).contiguous()
+    da, db = torch.empty(n, d, dtype=acc), torch.empty(n, d, dtype=acc)
+    extension().triplet_backward_cpu(a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(0), n, d, float(margin),
+                                     bool(max_violation), row_idx.data_ptr(), col_idx.data_ptr(), float(grad),
+                                     da.data_ptr(), db.data_ptr(), DTYPE_CODES[a.dtype])
+    return da, db
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dispatch to a concrete backend (the kernel contract, no autograd)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _host_functions(backend: str):
+    """(forward, backward) host functions of a concrete backend; GPU modules are imported only when asked for."""
+    if backend == "cpu":
+        return triplet_forward_cpu, triplet_backward_cpu
+    if backend == "torch":
+        return triplet_forward_torch, triplet_backward_torch
+    if backend == "cuda":
+        from . import _cuda  # noqa: PLC0415 - lazy: written against the same contract
+
+        return _cuda.triplet_forward, _cuda.triplet_backward
+    if backend == "triton":
+        from ..triton import triplet as _tri  # noqa: PLC0415
+
+        return _tri.triplet_forward, _tri.triplet_backward
+    raise ValueError(f"backend must be a concrete backend ('cuda', 'triton', 'cpu', 'torch'), got {backend!r}")
+
+
+def triplet_forward(a: Tensor, b: Tensor, margin: float, max_violation: bool, *, backend: str
+                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Kernel-contract forward on a concrete ``backend``: row_cost, col_cost, row_idx, col_idx."""
+    fwd, _ = _host_functions(backend)
+    if backend != "torch":
+        a, b = rows_contiguous(a), rows_contiguous(b)
+    return fwd(a, b, float(margin), bool(max_violation))
+
+
+def triplet_backward(a: Tensor, b: Tensor, margin: float, max_violation: bool, row_idx: Tensor, col_idx: Tensor,
+                     grad: float, *, backend: str) -> Tuple[Tensor, Tensor]:
+    """Kernel-contract backward on a concrete ``backend``: da, db (acc dtype)."""
+    _, bwd = _host_functions(backend)
+    if backend != "torch":
+        a, b = rows_contiguous(a), rows_contiguous(b)
+    return bwd(a, b, float(margin), bool(max_violation), row_idx, col_idx, float(grad))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Custom ops (torch.compile / autograd)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("ccr_fast::triplet_fwd", mutates_args=())
+def triplet_fwd(a: Tensor, b: Tensor, margin: float, max_violation: bool, backend: str
+                ) -> Tuple[Tensor, Tensor, Tensor]:
+    """Summed triplet loss (0-dim, acc dtype) plus the hardest-negative indices saved for the backward."""
+    row_cost, col_cost, row_idx, col_idx = triplet_forward(a, b, margin, max_violation, backend=backend)
+    return row_cost.sum() + col_cost.sum(), row_idx, col_idx
+
+
+@triplet_fwd.register_fake
+def _triplet_fwd_fake(a, b, margin, max_violation, backend):
+    n = a.shape[0]
+    return (a.new_empty((), dtype=acc_dtype(a.dtype)), a.new_empty((n,), dtype=torch.int64),
+            a.new_empty((n,), dtype=torch.int64))
+
+
+@torch.library.custom_op("ccr_fast::triplet_bwd", mutates_args=())
+def triplet_bwd(grad: Tensor, a: Tensor, b: Tensor, row_idx: Tensor, col_idx: Tensor, margin: float,
+                max_violation: bool, backend: str) -> Tuple[Tensor, Tensor]:
+    """da, db (in the dtypes of a, b) of ``grad · loss``; ``grad`` is a 0-dim tensor (no host sync off-CPU)."""
+    if a.device.type == "cpu":
+        da, db = triplet_backward(a, b, margin, max_violation, row_idx, col_idx, float(grad), backend=backend)
+    else:
+        da, db = triplet_backward(a, b, margin, max_violation, row_idx, col_idx, 1.0, backend=backend)
+        g = grad.to(da.dtype)
+        da, db = da * g, db * g
+    return da.to(a.dtype), db.to(b.dtype)
+
+
+@triplet_bwd.register_fake
+def _triplet_bwd_fake(grad, a, b, row_idx, col_idx, margin, max_violation, backend):
+    return torch.empty_like(a, memory_format=torch.contiguous_format), torch.empty_like(
+        b, memory_format=torch.contiguous_format)
+
+
+def _fwd_setup_context(ctx, inputs, output):
+    a, b, margin, max_violation, backend = inputs
+    _, row_idx, col_idx = output
+    ctx.save_for_backward(a, b, row_idx, col_idx)
+    ctx.margin, ctx.max_violation, ctx.backend = margin, max_violation, backend
+
+
+def _fwd_backward(ctx, grad_loss, grad_row_idx, grad_col_idx):
+    a, b, row_idx, col_idx = ctx.saved_tensors
+    da, db = torch.ops.ccr_fast.triplet_bwd(grad_loss, a, b, row_idx, col_idx, ctx.margin, ctx.max_violation,
+                                            ctx.backend)
+    return da, db, None, None, None
+
+
+triplet_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point used by ccr_fast.losses
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def triplet_loss(a: Tensor, b: Tensor, *, margin: float = 0.2, max_violation: bool = True, reduction: str = "sum",
+                 backend: str = "auto") -> Tensor:
+    """VSE++ bidirectional hinge loss on ``S = b aᵀ`` with pairs on the diagonal (module docstring).
+
+    Args:
+        a: [B, d] features (e.g. captions), B >= 2. b: [B, d] features (e.g. videos), same device and dtype.
+        margin: hinge margin α (a finite float).
+        max_violation: keep only the hardest negative per row and per column (True) or sum all negatives.
+        reduction: ``"sum"`` (NRCCR) or ``"mean"`` (divides by B).
+        backend: ``"auto"``, ``"cuda"``, ``"triton"``, ``"cpu"`` or ``"torch"``.
+
+    Returns:
+        0-dim loss, float32 (float64 for float64 inputs), differentiable w.r.t. a and b.
+
+    Raises:
+        TypeError / ValueError naming the bad argument; RuntimeError for an unavailable backend.
+    """
+    check_tensor("a", a, ndim=2)
+    check_tensor("b", b, ndim=2)
+    check_same(("a", "b"), (a, b))
+    if b.shape != a.shape:
+        raise ValueError(f"b must have the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
+    if a.shape[0] < 2:
+        raise ValueError(f"a and b need a batch of B >= 2 rows (a negative must exist), got shape {tuple(a.shape)}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise TypeError(f"margin must be a float, got {type(margin).__name__}")
+    if not math.isfinite(margin):
+        raise ValueError(f"margin must be finite, got {margin}")
+    if not isinstance(max_violation, bool):
+        raise TypeError(f"max_violation must be a bool, got {type(max_violation).__name__}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    a, b = autocast_operands(a, b)
+    name = resolve_backend(backend, a.device, op="triplet loss")
+    if name in ("triton", "cuda") and a.dtype == torch.float64:
+        raise RuntimeError(f"backend {name!r} does not take float64 inputs; use backend='cpu' or 'torch'")
+    if name == "torch":
+        row_cost, col_cost, _, _ = triplet_forward_torch(a, b, float(margin), max_violation)
+        loss = row_cost.sum() + col_cost.sum()
+    else:
+        loss, _, _ = torch.ops.ccr_fast.triplet_fwd(a, b, float(margin), max_violation, name)
+    if reduction == "mean":
+        loss = loss / a.shape[0]
+    return loss
