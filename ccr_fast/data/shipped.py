@@ -1,0 +1,169 @@
+"""The small real data set shipped in the repository's ``data/`` folder (not in the wheel).
+
+1000 Flickr30K images of Multi30K ``test_2016_flickr`` with real ImageNet ResNet-50 average-pool features
+(2048-d, stored float16, returned float32) and one human caption per image in 10 languages:
+
+======  ============================================================================================
+lang    caption of item i
+======  ============================================================================================
+en      Multi30K task 1 English caption (line i of ``test_2016_flickr.en.gz``)
+de      Multi30K task 1 German, a professional translation of the en caption (default ``de_source="task1"``);
+        with ``de_source="xflickrco"`` the xFlickr&CO German caption, an independently written one
+fr, cs  Multi30K task 1 French / Czech translations of the en caption
+es id   xFlickr&CO (IGLUE) test captions, lines 0-999 (same images, same order as test_2016_flickr)
+ja ru
+tr zh
+======  ============================================================================================
+
+There is no machine translation of the English captions in the shipped data. ``translations`` holds stand-ins:
+
+* ``en2de``, ``en2fr``, ``en2cs`` — the Multi30K task 1 human translation of the en caption (a clean
+  pseudo-parallel target caption in place of Google MT). Same text as ``captions[xx]`` for task 1 languages.
+* ``en2de2en``, ``en2fr2en``, ``en2cs2en`` — in place of the back-translation: the first of the 5 Multi30K task 2
+  English captions of the image that differs from the en caption (an independent English paraphrase). The three
+  tags hold the same text.
+* ``xx2en`` for xx in es, id, ja, ru, tr, zh (and de when ``de_source="xflickrco"``) — the IGLUE ``test_gmt``
+  Google MT of that caption into English, for translate-test fusion (aligned with ``captions[xx]``).
+
+Split (``split=``): a fixed permutation ``numpy.random.default_rng(SPLIT_SEED).permutation(1000)`` with
+``SPLIT_SEED = 20221010``; its first 700 entries are ``train``, the next 100 ``val``, the last 200 ``test``; each
+split keeps the original file order (sorted indices). ``"all"`` is the 1000 images in file order.
+
+Location: ``$CCR_FAST_DATA`` if set, else ``data/`` of the source checkout (see :func:`shipped_data_dir`).
+See ``data/README.md`` for provenance, licences (non-commercial research use) and citations.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..paths import find_folder
+from .core import CCRData
+from .readers import read_caption_records, read_id_list, read_multi30k, read_npy_features, visual_key
+
+__all__ = ["SHIPPED_LANGUAGES", "SPLIT_SEED", "SPLIT_SIZES", "shipped_data_dir", "shipped_split_indices",
+           "load_shipped"]
+
+SHIPPED_LANGUAGES = ("en", "de", "fr", "cs", "es", "id", "ja", "ru", "tr", "zh")
+TASK1_LANGUAGES = ("en", "de", "fr", "cs")
+XFLICKRCO_LANGUAGES = ("es", "id", "ja", "ru", "tr", "zh")
+SPLIT_SEED = 20221010
+SPLIT_SIZES = {"train": 700, "val": 100, "test": 200}
+N_IMAGES = 1000
+FEATURE_DIM = 2048
+_FEATURES = "features/test_2016_flickr-resnet50-avgpool.npy"
+_FEATURE_IDS = "features/test_2016_flickr-resnet50-avgpool.ids.txt"
+_IMAGE_LIST = "multi30k/task1/image_splits/test_2016_flickr.txt"
+
+
+def shipped_data_dir() -> Path:
+    """The shipped data folder.
+
+    Lookup order (:func:`ccr_fast.paths.find_folder`): ``$CCR_FAST_DATA``, ``data/`` next to the package source,
+    the checkout the package was built from, ``./data``.
+
+    Raises:
+        FileNotFoundError: no candidate holds the feature file; the message says how to point at the folder.
+    """
+    env = os.environ.get("CCR_FAST_DATA")
+    if env and not (Path(env).expanduser() / _FEATURES).is_file():
+        raise FileNotFoundError(f"CCR_FAST_DATA={env}: expected the shipped data folder holding {_FEATURES}")
+    try:
+        return find_folder("CCR_FAST_DATA", "data", must_contain=_FEATURES)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}. The shipped data are not part of the wheel: clone the ccr_fast repository "
+                                "and set CCR_FAST_DATA=/path/to/checkout/data") from None
+
+
+def shipped_split_indices(split: str) -> np.ndarray:
+    """Sorted int64 row indices of ``split`` in ``{"train", "val", "test", "all"}`` (sizes 700/100/200/1000)."""
+    if split == "all":
+        return np.arange(N_IMAGES, dtype=np.int64)
+    if split not in SPLIT_SIZES:
+        raise ValueError(f"split: expected one of 'train', 'val', 'test', 'all', got {split!r}")
+    perm = np.random.default_rng(SPLIT_SEED).permutation(N_IMAGES)
+    start = {"train": 0, "val": SPLIT_SIZES["train"], "test": SPLIT_SIZES["train"] + SPLIT_SIZES["val"]}[split]
+    return np.sort(perm[start: start + SPLIT_SIZES[split]]).astype(np.int64)
+
+
+def _first_1000(path: Path, image_ids: list) -> list:
+    """Lines 0-999 of an xFlickr&CO file, checked against the Multi30K image order; one caption each."""
+    recs = read_caption_records(path)[:N_IMAGES]
+    keys = [r["key"] for r in recs]
+    if keys != image_ids:
+        bad = next(i for i, (a, b) in enumerate(zip(keys + [None] * N_IMAGES, image_ids)) if a != b)
+        raise ValueError(f"{path}: record {bad} is image {keys[bad] if bad < len(keys) else None!r}, expected "
+                         f"{image_ids[bad]!r} (xFlickr&CO lines 0-999 must follow test_2016_flickr)")
+    for i, r in enumerate(recs):
+        if len(r["captions"]) != 1:
+            raise ValueError(f"{path}: record {i} has {len(r['captions'])} sentences, expected 1")
+    return [r["captions"][0] for r in recs]
+
+
+@functools.lru_cache(maxsize=4)
+def _load_all(root: str, de_source: str) -> CCRData:
+    d = Path(root)
+    ids, feats = read_npy_features(d / _FEATURES, d / _FEATURE_IDS, mmap=False)
+    if feats.shape != (N_IMAGES, FEATURE_DIM):
+        raise ValueError(f"{d / _FEATURES}: expected shape ({N_IMAGES}, {FEATURE_DIM}), got {feats.shape}")
+    image_ids = [visual_key(i) for i in ids]
+    if image_ids != [visual_key(i) for i in read_id_list(d / _IMAGE_LIST)]:
+        raise ValueError(f"{d / _FEATURE_IDS}: rows do not follow {d / _IMAGE_LIST}")
+    raw1 = d / "multi30k/task1/raw"
+    captions, translations = {}, {}
+    for lang in TASK1_LANGUAGES:
+        pairs = read_multi30k(raw1, "test_2016_flickr", lang, d / _IMAGE_LIST)
+        captions[lang] = [[c] for _, c in pairs]
+    task2 = [[c for _, c in read_multi30k(d / "multi30k/task2/raw", f"test_2016.{k}", "en",
+                                          d / "multi30k/task2/image_splits/test_2016_images.txt")]
+             for k in range(1, 6)]
+    paraphrase = []
+    for i, (en,) in enumerate(captions["en"]):
+        alt = [t2[i] for t2 in task2 if t2[i].strip() != en.strip()]
+        paraphrase.append([alt[0] if alt else en])
+    for lang in ("de", "fr", "cs"):
+        translations[f"en2{lang}"] = [list(c) for c in captions[lang]]
+        translations[f"en2{lang}2en"] = [list(p) for p in paraphrase]
+    xf = d / "xflickrco"
+    for lang in XFLICKRCO_LANGUAGES:
+        captions[lang] = [[c] for c in _first_1000(xf / f"test.{lang}.jsonl.gz", image_ids)]
+    mt_langs = list(XFLICKRCO_LANGUAGES)
+    if de_source == "xflickrco":
+        captions["de"] = [[c] for c in _first_1000(xf / "test.de.jsonl.gz", image_ids)]
+        mt_langs.insert(0, "de")
+    for lang in mt_langs:
+        translations[f"{lang}2en"] = [[c] for c in _first_1000(xf / f"test_gmt.{lang}.jsonl.gz", image_ids)]
+    captions = {lang: captions[lang] for lang in SHIPPED_LANGUAGES}
+    return CCRData("shipped", image_ids, np.ascontiguousarray(feats, dtype=np.float32), captions, translations)
+
+
+def load_shipped(split: str = "train", *, de_source: str = "task1", data_dir=None) -> CCRData:
+    """Load the shipped real data (see the module docstring for what each language and MT tag holds).
+
+    Args:
+        split: ``"train"`` (700 images), ``"val"`` (100), ``"test"`` (200) or ``"all"`` (1000).
+        de_source: ``"task1"`` (German translation of the en caption) or ``"xflickrco"`` (independent German
+            caption, with ``translations["de2en"]`` for translate-test).
+        data_dir: the data folder (default :func:`shipped_data_dir`).
+
+    Returns:
+        :class:`CCRData` named ``"shipped/<split>"``: features ``[n, 2048]`` float32, one caption per image in each
+        of :data:`SHIPPED_LANGUAGES`.
+    """
+    if de_source not in ("task1", "xflickrco"):
+        raise ValueError(f"de_source: expected 'task1' or 'xflickrco', got {de_source!r}")
+    idx = shipped_split_indices(split)
+    root = Path(data_dir).expanduser().resolve() if data_dir is not None else shipped_data_dir().resolve()
+    data = _load_all(str(root), de_source).subset(idx)
+    data.name = f"shipped/{split}"
+    return data
+
+
+def shipped_manifest() -> dict:
+    """Split sizes, seed and languages as a JSON-able dict (for run records)."""
+    return json.loads(json.dumps({"split_seed": SPLIT_SEED, "split_sizes": SPLIT_SIZES,
+                                  "languages": list(SHIPPED_LANGUAGES)}))
