@@ -1,0 +1,18 @@
+"""The training methods: ``baseline``, ``nrccr``, ``cl2cm``, ``ccrk`` (see :mod:`.base` for the interface)."""
+from .base import Method
+from .baseline import Baseline
+from .ccrk import CCRk
+from .cl2cm import CL2CM
+from .nrccr import NRCCR
+
+METHODS = {"baseline": Baseline, "nrccr": NRCCR, "cl2cm": CL2CM, "ccrk": CCRk}
+
+
+def build_method(cfg) -> Method:
+    """Instantiate the method named by ``cfg.method``."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"method must be one of {tuple(METHODS)}, got {cfg.method!r}")
+    return METHODS[cfg.method].build(cfg)
+
+
+__all__ = ["Method", "Baseline", "NRCCR", "CL2CM", "CCRk", "METHODS", "build_method"]

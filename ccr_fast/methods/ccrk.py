@@ -1,0 +1,247 @@
+"""CCR^k (methods.md §3): 1-to-K contrastive learning + multilingual ITM with hard sampling + cross-modal MLM.
+
+Batches hold B images, each with K captions (one per language, fixed order, image-major: text ``i·K + k``).
+
+* ``mode="pretrain"``: ``L = L_1toK + L_MITM + L_CMLM`` (unweighted by default; ``w_*`` scale/ablate them).
+  ``L_1toK = one_to_k_loss(I, T, 1/τ, t2i_divisor)`` with a learnable τ (init 0.07, clamped to
+  [``temp_min``, ``temp_max``] before every step). MITM: one hard positive language per image, a hard negative
+  image per positive text and a hard negative text per image, sampled from the ITC similarities without gradient
+  (:func:`sample_mitm`); CE of the ITM head over the 3B pairs. CMLM on the chosen positive texts
+  (:func:`mask_tokens`), conditioned on the image through the fusion encoder.
+* ``mode="finetune"``: id-aware ITC (all K captions of an image are positives, row-normalised labels, i.e.
+  ``one_to_k_loss(..., t2i_divisor="1")``) + ITM with a uniformly chosen positive; τ not clamped; no MLM.
+* ``one_to_one=True`` (the ``cclm_easy`` ablation): 1-to-1 ITC (``clip_loss``) on one random language per image.
+
+Inference is two-stage: ITC cosine → top ``k_test`` candidates (``ccr_fast.retrieval.topk``) → re-scored by the ITM
+positive logit (:meth:`CCRk.itm_scores`), every non-candidate ranked below them (see ``ccr_fast.evaluate``).
+"""
+from __future__ import annotations
+
+import random
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import losses as L
+from ..models.fusion import FusionEncoder
+from ..models.heads import ITMHead, MLMHead
+from ..models.text import masked_mean
+from ..models.visual import build_visual
+from .base import Method, build_text_backbone, dist_info
+
+
+@torch.no_grad()
+def sample_mitm(sim: torch.Tensor, k: int, index: Optional[torch.Tensor] = None, positive_sampling: int = 1,
+                generator: Optional[torch.Generator] = None):
+    """Hard positive/negative sampling for MITM from ITC logits.
+
+    Args:
+        sim: ``[B, B·K]`` image-to-text logits (texts image-major). k: K.
+        index: ``[B]`` visual ids; texts of images sharing an id are positives too (never drawn as negatives).
+        positive_sampling: 0 uniform; 1 ∝ max(W) + 1e-5 − W over the image's K texts (W = row softmax + 1e-5);
+            2 the same rule on the raw logits.
+    Returns:
+        ``(pos_text [B], neg_image [B], neg_text [B])`` int64 indices.
+    Raises:
+        ValueError: fewer than 2 distinct images in the batch (no negative exists).
+    """
+    b = sim.shape[0]
+    if sim.shape[1] != b * k:
+        raise ValueError(f"sim must be [B, B*K] = [{b}, {b * k}], got {tuple(sim.shape)}")
+    index = torch.arange(b, device=sim.device) if index is None else index.to(sim.device)
+    if index.unique().numel() < 2:
+        raise ValueError("MITM needs at least 2 distinct images in the batch to draw negatives")
+    owner = index.repeat_interleave(k)  # [BK] visual id of each text
+    positive = index.unsqueeze(1) == owner.unsqueeze(0)  # [B, BK]
+    w_i2t = sim.float().softmax(1) + 1e-5
+    w_t2i = sim.float().t().softmax(1) + 1e-5  # [BK, B]
+    own = w_i2t.view(b, b, k)[torch.arange(b), torch.arange(b)]  # [B, K] the image's own K texts
+    if positive_sampling == 0:
+        pw = torch.ones_like(own)
+    elif positive_sampling == 1:
+        pw = w_i2t.max() + 1e-5 - own
+    elif positive_sampling == 2:
+        raw = sim.float().view(b, b, k)[torch.arange(b), torch.arange(b)]
+        pw = sim.float().max() + 1e-5 - raw
+    else:
+        raise ValueError(f"positive_sampling must be 0, 1 or 2, got {positive_sampling}")
+    pos_k = torch.multinomial(pw.clamp_min(1e-12), 1, generator=generator).squeeze(1)
+    pos_text = torch.arange(b, device=sim.device) * k + pos_k
+    w_i2t = w_i2t.masked_fill(positive, 0.0)
+    w_t2i = w_t2i.masked_fill(positive.t(), 0.0)
+    neg_image = torch.multinomial(w_t2i[pos_text], 1, generator=generator).squeeze(1)
+    neg_text = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
+    return pos_text, neg_image, neg_text
+
+
+def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_token_id: int, vocab_size: int,
+                special_ids: Sequence[int], prob: float = 0.4, max_masks: int = 12, span_prob: float = 0.2,
+                generator: Optional[random.Random] = None):
+    """CMLM masking of methods.md §3.3.
+
+    Per row, n = min(max_masks, max(1, round(prob·len))) positions among the real (non-special, non-padding)
+    tokens; with probability ``span_prob`` a pick extends to a span of 2–3 adjacent tokens. Each masked position
+    becomes the mask token (80%), a random non-special token (10%) or stays (10%). [CLS]/[SEP]/padding are never
+    masked.
+
+    Returns:
+        ``(masked_ids [N, L], labels [N, L])`` with labels −100 outside the masked positions.
+    """
+    rng = generator or random.Random()
+    ids = input_ids.clone()
+    labels = torch.full_like(input_ids, -100)
+    special = set(int(s) for s in special_ids)
+    for r in range(ids.shape[0]):
+        cand = [j for j in range(ids.shape[1]) if attention_mask[r, j] and int(input_ids[r, j]) not in special]
+        if not cand:
+            continue
+        n = min(max_masks, max(1, int(round(prob * len(cand)))))
+        n = min(n, len(cand))
+        chosen: list = []
+        free = set(cand)
+        while len(chosen) < n and free:
+            start = rng.choice(sorted(free))
+            span = rng.choice((2, 3)) if rng.random() < span_prob else 1
+            for j in range(start, start + span):
+                if j in free and len(chosen) < n:
+                    chosen.append(j)
+                    free.discard(j)
+        for j in chosen:
+            labels[r, j] = input_ids[r, j]
+            u = rng.random()
+            if u < 0.8:
+                ids[r, j] = mask_token_id
+            elif u < 0.9:
+                tok = rng.randrange(vocab_size)
+                while tok in special:
+                    tok = rng.randrange(vocab_size)
+                ids[r, j] = tok
+    return ids, labels
+
+
+class CCRk(Method):
+    name = "ccrk"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        m, c = cfg.model, cfg.ccrk
+        if c.mode not in ("pretrain", "finetune"):
+            raise ValueError(f"ccrk.mode must be 'pretrain' or 'finetune', got {c.mode!r}")
+        if c.pool not in ("cls", "mean"):
+            raise ValueError(f"ccrk.pool must be 'cls' or 'mean', got {c.pool!r}")
+        self.text = build_text_backbone(cfg, self.tokenizer)
+        h = self.text.hidden_size
+        self.text_proj = nn.Linear(h, m.embed_dim)
+        self.visual = build_visual(m.visual_encoder, m.visual_dim, m.visual_hidden)
+        self.vision_proj = nn.Linear(m.visual_hidden, m.embed_dim)
+        self.temp = nn.Parameter(torch.tensor(float(c.temp_init)))
+        self.fusion = FusionEncoder(h, m.visual_hidden, c.fusion_width, c.fusion_layers, heads=4, dropout=m.dropout)
+        self.itm_head = ITMHead(c.fusion_width)
+        self.mlm_head = MLMHead(c.fusion_width, len(self.tokenizer)) if c.mode == "pretrain" else None
+        self.special_ids = list(self.tokenizer.all_special_ids)
+        self.rng = random.Random(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        rank, world = dist_info()
+        self.rank = rank
+        self.itc_k = None
+        self._dist = (rank, world)
+
+    # --- embeddings -------------------------------------------------------------------------------------------
+    def text_states(self, tok, use_cache: bool = True):
+        if use_cache:
+            return self.text(tok["input_ids"], tok["attention_mask"])
+        return self.text._run(tok["input_ids"], tok["attention_mask"])
+
+    def text_embed_from_states(self, states, mask):
+        pooled = states[:, 0] if self.mcfg.pool == "cls" else masked_mean(states, mask)
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def embed_text(self, tok):
+        return self.text_embed_from_states(self.text_states(tok), tok["attention_mask"])
+
+    def visual_hidden(self, visual, mask=None):
+        return self.visual(visual, mask)
+
+    def embed_visual(self, visual, mask=None):
+        return F.normalize(self.vision_proj(self.visual_hidden(visual, mask)), dim=-1)
+
+    def logit_scale(self):
+        return 1.0 / self.temp
+
+    def itm_logits(self, states, mask, vis_hidden):
+        return self.itm_head(self.fusion(states, mask, vis_hidden)[:, 0])
+
+    # --- training ---------------------------------------------------------------------------------------------
+    def clamp_temperature(self):
+        with torch.no_grad():
+            self.temp.clamp_(self.mcfg.temp_min, self.mcfg.temp_max)
+
+    def _itc(self, img, txt, k):
+        c = self.mcfg
+        rank, world = self._dist
+        divisor = "1" if c.mode == "finetune" else c.t2i_divisor
+        if world > 1:
+            if self.itc_k != k:
+                self._itc_mod = L.OneToKLoss(k, t2i_divisor=divisor, gather_with_grad=True, rank=rank, world_size=world)
+                self.itc_k = k
+            return self._itc_mod(img, txt.view(img.shape[0], k, -1), self.logit_scale())
+        return L.one_to_k_loss(img, txt.view(img.shape[0], k, -1), self.logit_scale(), t2i_divisor=divisor)
+
+    def loss_dict(self, batch):
+        c = self.mcfg
+        if c.mode == "pretrain" and self.training:
+            self.clamp_temperature()
+        tok, k = batch["texts"], int(batch["K"])
+        b = batch["visual"].shape[0]
+        states = self.text_states(tok)
+        txt = self.text_embed_from_states(states, tok["attention_mask"])  # [BK, d]
+        vh = self.visual_hidden(batch["visual"], batch.get("visual_mask"))
+        img = F.normalize(self.vision_proj(vh), dim=-1)
+        out = {}
+        if c.one_to_one:
+            pick = torch.tensor([i * k + self.rng.randrange(k) for i in range(b)], device=txt.device)
+            out["itc"] = L.clip_loss(img, txt[pick], self.logit_scale())
+        else:
+            out["itc"] = self._itc(img, txt, k)
+        weights = {"itc": c.w_itc, "itm": c.w_itm, "mlm": c.w_mlm if c.mode == "pretrain" else 0.0}
+        if c.w_itm or (c.w_mlm and c.mode == "pretrain"):
+            sim = img @ txt.t() * self.logit_scale()
+            ps = 0 if c.mode == "finetune" else c.positive_sampling
+            pos_t, neg_i, neg_t = sample_mitm(sim.detach().cpu(), k, batch["index"].cpu(), ps, self.gen)
+            pos_t, neg_i, neg_t = pos_t.to(txt.device), neg_i.to(txt.device), neg_t.to(txt.device)
+            m = tok["attention_mask"]
+            if c.w_itm:
+                s_all = torch.cat([states[pos_t], states[pos_t], states[neg_t]])
+                m_all = torch.cat([m[pos_t], m[pos_t], m[neg_t]])
+                v_all = torch.cat([vh, vh[neg_i], vh])
+                logits = self.itm_logits(s_all, m_all, v_all)
+                labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
+                out["itm"] = F.cross_entropy(logits, labels)
+            if c.w_mlm and c.mode == "pretrain":
+                ids, lab = mask_tokens(tok["input_ids"][pos_t].cpu(), m[pos_t].cpu(), self.tokenizer.mask_token_id,
+                                       len(self.tokenizer), self.special_ids, c.mask_prob, c.max_masks, c.span_prob,
+                                       self.rng)
+                ids, lab = ids.to(txt.device), lab.to(txt.device)
+                ms = self.text_states({"input_ids": ids, "attention_mask": m[pos_t]}, use_cache=False)
+                h = self.fusion(ms, m[pos_t], vh)
+                logits = self.mlm_head(h)
+                out["mlm"] = F.cross_entropy(logits.view(-1, logits.shape[-1]), lab.view(-1), ignore_index=-100)
+        return self.weighted_total(out, weights)
+
+    # --- re-ranking -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def itm_scores(self, text_tok, visual, text_idx: torch.Tensor, vis_idx: torch.Tensor,
+                   batch_size: int = 256) -> torch.Tensor:
+        """ITM positive logits for pairs ``(text_idx[p], vis_idx[p])`` of tokenised texts and visual features."""
+        was = self.training
+        self.eval()
+        states = self.text_states(text_tok)
+        vh = self.visual_hidden(visual)
+        out = []
+        for i in range(0, len(text_idx), batch_size):
+            t, v = text_idx[i:i + batch_size], vis_idx[i:i + batch_size]
+            out.append(self.itm_logits(states[t], text_tok["attention_mask"][t], vh[v])[:, 1])
+        self.train(was)
+        return torch.cat(out) if out else torch.zeros(0, device=self.device)
