@@ -177,6 +177,7 @@ def count_target_ranks(queries: Tensor, gallery: Tensor, targets: Tensor, *, bac
     name = resolve_backend(backend, queries.device, op="target_ranks")
     if name in ("triton", "cuda") and queries.dtype == torch.float64:
         raise RuntimeError(f"backend {name!r} does not take float64 inputs; use backend='cpu' or 'torch'")
+    queries, gallery = queries.detach(), gallery.detach()
     if return_all:
         return torch.ops.ccr_fast.target_ranks_all(queries, gallery, targets, name)
     return torch.ops.ccr_fast.target_ranks(queries, gallery, targets, name)

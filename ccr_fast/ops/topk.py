@@ -146,5 +146,6 @@ def streaming_topk(queries: Tensor, gallery: Tensor, k: int, *, block_size: Opti
     name = resolve_backend(backend, queries.device, op="topk")
     if name in ("triton", "cuda") and queries.dtype == torch.float64:
         raise RuntimeError(f"backend {name!r} does not take float64 inputs; use backend='cpu' or 'torch'")
-    scores, indices = torch.ops.ccr_fast.topk(queries, gallery, k, block_size, name)
+    # top-k is not differentiable here: the op sees detached operands
+    scores, indices = torch.ops.ccr_fast.topk(queries.detach(), gallery.detach(), k, block_size, name)
     return scores.to(queries.dtype), indices
