@@ -1,0 +1,23 @@
+"""Retrieval: streaming top-k and target-rank counting vs gallery size against chunked matmul+topk and FAISS, plus
+end-to-end evaluate_embeddings.
+
+Thin wrapper over `python -m ccr_fast bench --suite retrieval` (method and providers: ccr_fast/bench/retrieval.py). Results go to
+benchmarks/results/ and benchmarks/RESULTS.md is regenerated from every JSON there; `--quick` runs go to
+benchmarks/results/tmp/ (not committed). Extra arguments are passed through, e.g. `--device cuda`, `--no-compile`.
+"""
+import os
+import sys
+
+try:
+    from ccr_fast.bench import main
+except ImportError:  # a source checkout without `pip install .`: use the package next to this folder
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from ccr_fast.bench import main
+
+HERE = os.path.relpath(os.path.dirname(os.path.abspath(__file__)))
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    out = os.path.join(HERE, "results", "tmp") if "--quick" in args else os.path.join(HERE, "results")
+    md = os.path.join(out, "RESULTS.md") if "--quick" in args else os.path.join(HERE, "RESULTS.md")
+    sys.exit(main(["--suite", "retrieval", "--out", out, "--results-md", md, *args]))
