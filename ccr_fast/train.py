@@ -34,7 +34,7 @@ DEFAULT_RUN = {
     "method": "ccrk",
     "data": "shipped",
     "languages": ["en", "de", "fr", "cs"],
-    "epochs": 8,
+    "epochs": 6,
     "batch_size": 64,
     "lr": 5e-4,
     "model.trainable_layers": [],

@@ -226,8 +226,8 @@ class CCRk(Method):
                 ids, lab = ids.to(txt.device), lab.to(txt.device)
                 ms = self.text_states({"input_ids": ids, "attention_mask": m[pos_t]}, use_cache=False)
                 h = self.fusion(ms, m[pos_t], vh)
-                logits = self.mlm_head(h)
-                out["mlm"] = F.cross_entropy(logits.view(-1, logits.shape[-1]), lab.view(-1), ignore_index=-100)
+                sel = lab != -100  # the vocabulary projection only on masked positions
+                out["mlm"] = F.cross_entropy(self.mlm_head(h[sel]), lab[sel])
         return self.weighted_total(out, weights)
 
     # --- re-ranking -------------------------------------------------------------------------------------------

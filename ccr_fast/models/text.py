@@ -131,7 +131,10 @@ class TextBackbone(nn.Module):
         return not any(p.requires_grad for p in self.encoder.parameters())
 
     def _run(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        """Encoder states, computed on the columns up to the longest sequence and zero-padded back to ``L``."""
+        width = int(mask.sum(1).max())
+        h = self.encoder(input_ids=ids[:, :width], attention_mask=mask[:, :width]).last_hidden_state
+        return F.pad(h, (0, 0, 0, ids.shape[1] - width)) if width < ids.shape[1] else h
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token states ``[N, L, H]`` for ``input_ids``/``attention_mask`` ``[N, L]``."""
@@ -139,17 +142,18 @@ class TextBackbone(nn.Module):
             return self._run(input_ids, attention_mask)
         lengths = attention_mask.sum(1).tolist()
         keys = [tuple(input_ids[i, : int(n)].tolist()) for i, n in enumerate(lengths)]
-        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        missing = sorted({k: i for i, k in enumerate(keys) if k not in self._cache}.values(), key=lambda i: lengths[i])
         if missing:
             was = self.encoder.training
             self.encoder.eval()  # cached states are deterministic (no dropout)
             with torch.no_grad():
-                sub_ids, sub_mask = input_ids[missing], attention_mask[missing]
-                width = int(sub_mask.sum(1).max())
-                h = self._run(sub_ids[:, :width], sub_mask[:, :width])
+                for c in range(0, len(missing), 64):  # length-sorted chunks: little padding
+                    chunk = missing[c:c + 64]
+                    width = int(max(lengths[i] for i in chunk))
+                    h = self._run(input_ids[chunk, :width], attention_mask[chunk, :width])
+                    for j, i in enumerate(chunk):
+                        self._cache[keys[i]] = h[j, : int(lengths[i])].detach().clone()
             self.encoder.train(was)
-            for j, i in enumerate(missing):
-                self._cache[keys[i]] = h[j, : int(lengths[i])].detach().clone()
         out = input_ids.new_zeros((input_ids.shape[0], input_ids.shape[1], self.hidden_size), dtype=torch.float32)
         for i, k in enumerate(keys):
             out[i, : len(k)] = self._cache[k]
