@@ -10,7 +10,8 @@ en      Multi30K task 1 English caption (line i of ``test_2016_flickr.en.gz``)
 de      Multi30K task 1 German, a professional translation of the en caption (default ``de_source="task1"``);
         with ``de_source="xflickrco"`` the xFlickr&CO German caption, an independently written one
 fr, cs  Multi30K task 1 French / Czech translations of the en caption
-es id   xFlickr&CO (IGLUE) test captions, lines 0-999 (same images, same order as test_2016_flickr)
+es id   xFlickr&CO (IGLUE) test captions, lines 0-999 (same images, same order as test_2016_flickr); the
+        one empty upstream caption (id, line 900) is left out, so that item has no id caption
 ja ru
 tr zh
 ======  ============================================================================================
@@ -129,14 +130,13 @@ def _load_all(root: str, de_source: str) -> CCRData:
         translations[f"en2{lang}"] = [list(c) for c in captions[lang]]
         translations[f"en2{lang}2en"] = [list(p) for p in paraphrase]
     xf = d / "xflickrco"
-    for lang in XFLICKRCO_LANGUAGES:
-        captions[lang] = [[c] for c in _first_1000(xf / f"test.{lang}.jsonl.gz", image_ids)]
-    mt_langs = list(XFLICKRCO_LANGUAGES)
-    if de_source == "xflickrco":
-        captions["de"] = [[c] for c in _first_1000(xf / "test.de.jsonl.gz", image_ids)]
-        mt_langs.insert(0, "de")
+    mt_langs = (["de"] if de_source == "xflickrco" else []) + list(XFLICKRCO_LANGUAGES)
     for lang in mt_langs:
-        translations[f"{lang}2en"] = [[c] for c in _first_1000(xf / f"test_gmt.{lang}.jsonl.gz", image_ids)]
+        # an empty upstream caption (xFlickr&CO id, line 900) is left out: that item has no caption in lang
+        src = _first_1000(xf / f"test.{lang}.jsonl.gz", image_ids)
+        mt = _first_1000(xf / f"test_gmt.{lang}.jsonl.gz", image_ids)
+        captions[lang] = [[c] if c.strip() else [] for c in src]
+        translations[f"{lang}2en"] = [[m] if c.strip() else [] for c, m in zip(src, mt)]
     captions = {lang: captions[lang] for lang in SHIPPED_LANGUAGES}
     return CCRData("shipped", image_ids, np.ascontiguousarray(feats, dtype=np.float32), captions, translations)
 
@@ -152,7 +152,8 @@ def load_shipped(split: str = "train", *, de_source: str = "task1", data_dir=Non
 
     Returns:
         :class:`CCRData` named ``"shipped/<split>"``: features ``[n, 2048]`` float32, one caption per image in each
-        of :data:`SHIPPED_LANGUAGES`.
+        of :data:`SHIPPED_LANGUAGES` (except image 900 of ``"all"``, ``6312211170``, in the train split, which has
+        no ``id`` caption).
     """
     if de_source not in ("task1", "xflickrco"):
         raise ValueError(f"de_source: expected 'task1' or 'xflickrco', got {de_source!r}")
