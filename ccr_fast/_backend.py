@@ -105,8 +105,12 @@ def _usable(name: str, device: torch.device) -> tuple[bool, str]:
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
 
 
-def resolve_backend(requested: str, device: torch.device, op: str = "", supported=("cuda", "triton", "cpu", "torch")) -> str:
+def resolve_backend(requested: str, device: torch.device, op: str = "", supported=("cuda", "triton", "cpu", "torch"),
+                    dtype: Optional[torch.dtype] = None) -> str:
     """Turn ``backend=`` (or ``CCR_FAST_BACKEND``) into a concrete backend name for ``device``.
+
+    On CUDA, ``"auto"`` tries ``ops._autotable.preferred_cuda_backends(op, dtype)`` in order (``dtype``: the input
+    dtype when known), then ``"torch"``.
 
     Raises ``ValueError`` for an unknown name and ``RuntimeError`` (saying why) for an unavailable one.
     """
@@ -126,7 +130,9 @@ def resolve_backend(requested: str, device: torch.device, op: str = "", supporte
             raise RuntimeError(f"backend {requested!r} is not available for {op or 'this op'}: {why}")
         return requested
     if device.type == "cuda":
-        for name in AUTO_CUDA_PREFERENCE:
+        from .ops._autotable import preferred_cuda_backends  # noqa: PLC0415 - ops imports this module
+
+        for name in preferred_cuda_backends(op, dtype):
             if name in supported and _usable(name, device)[0]:
                 return name
         return "torch"
