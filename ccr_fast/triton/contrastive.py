@@ -8,7 +8,7 @@ Contract: docs/interop.md, "contrastive". ``(r, c)`` is positive iff
   ``lse_col, pos_col`` (the column-owned pass). Without ``compute_col`` the second pass only visits the tiles that
   hold positives.
 * backward: :func:`_grad_kernel` recomputes the tiles. With ``(A, B) = (x, y)`` it is row-owned and gives ``dx``
-  (and per-block ``dscale`` partials); with ``(y, x)`` it is column-owned and gives ``dy``. Deterministic: no atomics.
+  (and per-row ``dscale`` terms); with ``(y, x)`` it is column-owned and gives ``dy``. Deterministic: no atomics.
 """
 from __future__ import annotations
 
@@ -32,8 +32,6 @@ _BWD_CONFIGS = autotune_configs([
     ({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 2),
     ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 2),
 ])
-# Smallest BLOCK_M of the backward configs: sizes the per-row-block dscale partial buffer.
-_MIN_BWD_BLOCK_M = 16
 
 
 @triton.jit
@@ -92,14 +90,14 @@ def _lse_pos_kernel(A_ptr, stride_am, stride_ad, B_ptr, stride_bm, stride_bd, sc
 @triton.jit
 def _grad_kernel(A_ptr, stride_am, stride_ad, B_ptr, stride_bm, stride_bd, scale_ptr,
                  LSE_A_ptr, LSE_B_ptr, COEF_A_ptr, COEF_B_ptr, w_pos, a_off, a_div, b_off, b_div,
-                 DA_ptr, DSCALE_ptr, M, N, D,
+                 DA_ptr, DS_ROW_ptr, M, N, D,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
                  CAST_FP32: tl.constexpr, DOT_MODE: tl.constexpr, GRAD_DOT_MODE: tl.constexpr):
     """Row-owned gradient: ``DA[r, dchunk] = scale · Σ_c dZ[r, c] · B[c, dchunk]`` with
     ``dZ = coef_a[r]·exp(Z − lse_a[r]) + coef_b[c]·exp(Z − lse_b[c]) − w_pos·[pos(r, c)]``.
 
-    Grid: (cdiv(M, BLOCK_M), cdiv(D, BLOCK_DO)); the program with feature chunk 0 also writes
-    ``DSCALE[block] = Σ dZ ⊙ (A Bᵀ)`` over its rows. dZ is formed in fp32; for fp16/bf16 inputs the gradient
+    Grid: (cdiv(M, BLOCK_M), cdiv(D, BLOCK_DO)); the programs of feature chunk 0 also write the per-row scale
+    gradient ``DS_ROW[r] = Σ_c dZ[r, c] · (A_r · B_c)`` (every row written whatever the config: autotune-safe). dZ is formed in fp32; for fp16/bf16 inputs the gradient
     product is a TF32 dot (GRAD_DOT_MODE 2: exact on fp16/bf16 B, fp32 range for dZ, so small dZ entries never
     underflow an fp16 operand). A zero coefficient contributes exactly 0 (its LSE may be unset).
     """
@@ -132,7 +130,7 @@ def _grad_kernel(A_ptr, stride_am, stride_ad, B_ptr, stride_bm, stride_bd, scale
         acc += mma(dz, b.to(tl.float32), False, GRAD_DOT_MODE)
     tl.store(DA_ptr + rows[:, None] * D + dout[None, :], scale * acc, mask=row_ok[:, None] & dout_ok[None, :])
     if pid_d == 0:
-        tl.store(DSCALE_ptr + pid_m, tl.sum(ds, axis=0))
+        tl.store(DS_ROW_ptr + rows, ds, mask=row_ok)
 
 
 def _check_vec(name, t, n, device):
@@ -193,7 +191,7 @@ def contrastive_forward(x, y, scale, row_off, row_div, col_off, col_div, compute
 def _grad(a, b, scale, lse_a, lse_b, coef_a, coef_b, w_pos, a_off, a_div, b_off, b_div):
     m, n, d = a.shape[0], b.shape[0], a.shape[1]
     da = torch.empty((m, d), dtype=torch.float32, device=a.device)
-    partials = torch.zeros(triton.cdiv(m, _MIN_BWD_BLOCK_M), dtype=torch.float32, device=a.device)
+    ds_row = torch.empty(m, dtype=torch.float32, device=a.device)
     bdo = block_dout(d)
     flags = dot_flags(a.dtype)
     grad_mode = 2 if flags["DOT_MODE"] == 0 else flags["DOT_MODE"]
@@ -203,8 +201,8 @@ def _grad(a, b, scale, lse_a, lse_b, coef_a, coef_b, w_pos, a_off, a_div, b_off,
 
     _grad_kernel[grid](a, a.stride(0), a.stride(1), b, b.stride(0), b.stride(1), scale,
                        lse_a, lse_b, coef_a, coef_b, float(w_pos), a_off, a_div, b_off, b_div,
-                       da, partials, m, n, d, BLOCK_D=block_d(d), BLOCK_DO=bdo, GRAD_DOT_MODE=grad_mode, **flags)
-    return da, partials.sum()
+                       da, ds_row, m, n, d, BLOCK_D=block_d(d), BLOCK_DO=bdo, GRAD_DOT_MODE=grad_mode, **flags)
+    return da, ds_row.sum()
 
 
 def contrastive_backward(x, y, scale, lse_row, lse_col, row_coef, col_coef, w_pos, row_off, row_div, col_off,

@@ -20,9 +20,9 @@ import triton.language as tl
 from ._utils import autotune_configs, block_d, check_operands, device_guard, dot_flags, interpreting, tile_dot
 
 MAX_K = 1024
+KEY_MIN = tl.constexpr(-(2 ** 63))  # below every real key: empty buffer slots and masked columns
 # k up to this value merges by k rounds of max-extraction, above it by a bitonic tl.sort of 2·BLOCK_N keys.
 SELECT_ROUNDS_MAX_K = 16
-_KEY_MIN = -(2 ** 63)
 _LOW32 = 0xFFFFFFFF
 
 _CONFIGS = autotune_configs([
@@ -57,14 +57,15 @@ def _topk_kernel(Q_ptr, stride_qm, stride_qd, G_ptr, stride_gm, stride_gd, WS_pt
     n_lo = split * chunk
     n_hi = tl.minimum(n_lo + chunk, G)
     lane = tl.arange(0, BLOCK_N)
-    best = tl.full((BLOCK_M, BLOCK_N), -(2 ** 63), dtype=tl.int64)
-    kth = tl.full((BLOCK_M,), -(2 ** 63), dtype=tl.int64)
+    best = tl.full((BLOCK_M, BLOCK_N), KEY_MIN, dtype=tl.int64)
+    kth = tl.full((BLOCK_M,), KEY_MIN, dtype=tl.int64)
+    low32 = tl.full((BLOCK_N,), 0xFFFFFFFF, dtype=tl.int64)
     for n0 in range(n_lo, n_hi, BLOCK_N):
         cols = n0 + lane.to(tl.int64)
         s = tile_dot(Q_ptr, stride_qm, stride_qd, rows, Q, G_ptr, stride_gm, stride_gd, cols, G, D,
                      BLOCK_M, BLOCK_N, BLOCK_D, CAST_FP32, DOT_MODE)
-        keys = (_orderable(s).to(tl.int64) << 32) | (0xFFFFFFFF - cols)[None, :]
-        keys = tl.where((cols < n_hi)[None, :], keys, -(2 ** 63))
+        keys = (_orderable(s).to(tl.int64) << 32) | (low32 - cols)[None, :]
+        keys = tl.where((cols < n_hi)[None, :], keys, KEY_MIN)
         if tl.max(tl.sum((keys > kth[:, None]).to(tl.int32), axis=1), axis=0) > 0:
             both = tl.reshape(tl.join(best, keys), (BLOCK_M, 2 * BLOCK_N))
             if SELECT_SORT:
@@ -77,7 +78,7 @@ def _topk_kernel(Q_ptr, stride_qm, stride_qd, G_ptr, stride_gm, stride_gd, WS_pt
                 for j in range(K):
                     kth = tl.max(both, axis=1)
                     best = tl.where(lane[None, :] == j, kth[:, None], best)
-                    both = tl.where(both == kth[:, None], -(2 ** 63), both)
+                    both = tl.where(both == kth[:, None], KEY_MIN, both)
     out = WS_ptr + (rows[:, None] * n_splits + split) * K + lane[None, :]
     tl.store(out, best, mask=(rows < Q)[:, None] & (lane < K)[None, :])
 
