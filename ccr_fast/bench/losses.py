@@ -213,8 +213,8 @@ def run(device: torch.device, *, quick: bool, backends: List[str], with_compile:
             providers.pop(name)
             records.append({**_base(cfg), "provider": name, "status": "oom", "note": "OOM at a smaller B"})
         check = _check_values(providers, k, image, text, scale)
-        res = harness.measure(providers, device, warmup=1, reps=3 if quick else reps,
-                              min_reps=3 if not quick else 2, max_seconds=max_seconds, mem_reps=2 if quick else 3)
+        res = harness.measure(providers, device, warmup=1, reps=2 if quick else reps, min_reps=2 if quick else 3,
+                              max_seconds=max_seconds, mem_reps=1 if quick else 3)
         flops = 6.0 * b * (b * k) * d
         for name, r in res.items():
             rec = {**_base(cfg), "provider": name, **r, "flops": flops}

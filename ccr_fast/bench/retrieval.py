@@ -57,26 +57,39 @@ def torch_chunked_ranks(queries: torch.Tensor, gallery: torch.Tensor, targets: t
 def full_matrix_ranks(text: torch.Tensor, visual: torch.Tensor, text_to_visual: torch.Tensor):
     """t2v and v2t ranks from the whole score matrix (the reference of the end-to-end evaluation).
 
+    Args:
+        text: ``[Q, d]`` caption embeddings. visual: ``[G, d]`` item embeddings.
+        text_to_visual: int64 ``[Q]`` item of each caption.
+
     Returns:
-        (t2v[Q] best rank of each caption's item, v2t[G'] best rank among each captioned item's captions,
-        v2t_all list of per-item rank tensors) — 0-based, index tie rule.
+        ``(t2v[Q], v2t[G'], v2t_all[G', T])``, 0-based with the index tie rule: each caption's item rank among
+        all items; for each captioned item (ascending), the best rank of its captions among all captions, and
+        every caption's rank (captions ascending, padded with -1).
     """
-    scores = text @ visual.T  # [Q, G]
+    scores = text @ visual.T  # [Q, G], materialised
     q, g = scores.shape
+    t2v = text_to_visual
+    st = scores.gather(1, t2v[:, None])  # [Q, 1]: each caption's score with its own item
     cols = torch.arange(g, device=scores.device)
-    st = scores.gather(1, text_to_visual[:, None])
-    t2v = ((scores > st) | ((scores == st) & (cols[None, :] < text_to_visual[:, None]))).sum(1)
-    sv = scores.T  # [G, Q]
+    t2v_rank = ((scores > st) | ((scores == st) & (cols[None, :] < t2v[:, None]))).sum(1)
     rows = torch.arange(q, device=scores.device)
-    v2t, v2t_all = [], []
-    for item in torch.unique(text_to_visual).tolist():
-        caps = (text_to_visual == item).nonzero().flatten()
-        s = sv[item]
-        sc = s[caps]
-        r = ((s[None, :] > sc[:, None]) | ((s[None, :] == sc[:, None]) & (rows[None, :] < caps[:, None]))).sum(1)
-        v2t.append(r.min())
-        v2t_all.append(r)
-    return t2v, torch.stack(v2t), v2t_all
+    cap_rank = torch.empty(q, dtype=torch.int64, device=scores.device)
+    step = max(1, CHUNK_SCORES // q)
+    for s in range(0, q, step):  # rank of caption c in the column of its item, among all captions
+        c = rows[s:s + step]
+        col = scores[:, t2v[c]]  # [Q, n]
+        sc = st[c, 0]
+        cap_rank[s:s + step] = ((col > sc) | ((col == sc) & (rows[:, None] < c[None, :]))).sum(0)
+    items, inv, counts = torch.unique(t2v, return_inverse=True, return_counts=True)
+    best = torch.full((items.numel(),), q, dtype=torch.int64, device=scores.device)
+    best = best.scatter_reduce(0, inv, cap_rank, reduce="amin")
+    order = torch.argsort(inv, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.empty_like(order)
+    pos[order] = torch.arange(q, device=scores.device) - starts[inv[order]]
+    padded = torch.full((items.numel(), int(counts.max())), -1, dtype=torch.int64, device=scores.device)
+    padded[inv, pos] = cap_rank
+    return t2v_rank, best, padded
 
 
 # ---------------------------------------------------------------------------------------------- providers
@@ -157,8 +170,8 @@ def eval_providers(text, visual, t2v, backends) -> Tuple[Dict[str, Callable], Di
 def sweep_configs(device: torch.device, quick: bool) -> Dict[str, List[dict]]:
     """Points per benchmark: ``topk`` and ``ranks`` vs gallery size G, ``eval`` per split (items/captions)."""
     if quick:
-        gs, ks, q, d = [1000, 4000], [1, 10], 256, 256
-        splits = [(1000, 5000)]
+        gs, ks, q, d = [500, 2000], [1, 10], 128, 256
+        splits = [(200, 1000)]
     elif device.type == "cuda":
         gs, ks, q, d = [10_000, 100_000, 1_000_000, 4_000_000], [1, 10, 100], 5000, 512
         splits = [(1000, 5000), (5000, 25000)]
@@ -177,8 +190,8 @@ def run(device: torch.device, *, quick: bool, backends: List[str], reps: int = 5
     gen = torch.Generator().manual_seed(0)
     records, skipped_all = [], {}
     points = sweep_configs(device, quick)
-    kw = dict(warmup=1, reps=3 if quick else reps, min_reps=2 if quick else 3, max_seconds=max_seconds,
-              mem_reps=2 if quick else 3)
+    kw = dict(warmup=1, reps=2 if quick else reps, min_reps=2 if quick else 3, max_seconds=max_seconds,
+              mem_reps=1 if quick else 3)
 
     def note_skips(skipped):
         for name, why in skipped.items():
@@ -198,8 +211,9 @@ def run(device: torch.device, *, quick: bool, backends: List[str], reps: int = 5
                                                              gen))
         providers, skipped = topk_providers(q, g, cfg["k"], device, backends)
         note_skips(skipped)
+        agree = _agreement(providers, "torch_chunked")
         res = harness.measure(providers, device, **kw)
-        records += _records("topk", cfg, res, 2.0 * cfg["Q"] * cfg["G"] * cfg["d"])
+        records += _records("topk", cfg, res, 2.0 * cfg["Q"] * cfg["G"] * cfg["d"], agree)
         _log_point(log, "topk", cfg, res)
     for cfg in points["ranks"]:
         g = galleries[(cfg["G"], cfg["d"])]
@@ -208,8 +222,9 @@ def run(device: torch.device, *, quick: bool, backends: List[str], reps: int = 5
         targets = torch.randint(0, cfg["G"], (cfg["Q"],), generator=gen).to(device)
         providers, skipped = ranks_providers(q, g, targets, backends)
         note_skips(skipped)
+        agree = _agreement(providers, "torch_chunked")
         res = harness.measure(providers, device, **kw)
-        records += _records("ranks", cfg, res, 2.0 * cfg["Q"] * cfg["G"] * cfg["d"])
+        records += _records("ranks", cfg, res, 2.0 * cfg["Q"] * cfg["G"] * cfg["d"], agree)
         _log_point(log, "ranks", cfg, res)
     del galleries, queries
     for cfg in points["eval"]:
@@ -221,8 +236,9 @@ def run(device: torch.device, *, quick: bool, backends: List[str], reps: int = 5
         text = text.to(visual.dtype)
         providers, skipped = eval_providers(text, visual, t2v, backends)
         note_skips(skipped)
+        agree = _agreement(providers, "torch_full")
         res = harness.measure(providers, device, **kw)
-        records += _records("eval", cfg, res, 2.0 * n * c * d)
+        records += _records("eval", cfg, res, 2.0 * n * c * d, agree)
         _log_point(log, "eval", cfg, res)
     for r in records:  # the plain-torch way is the baseline of every retrieval ratio
         r["_base"] = r["provider"] == ("torch_full" if r["op"] == "eval" else "torch_chunked")
@@ -230,8 +246,41 @@ def run(device: torch.device, *, quick: bool, backends: List[str], reps: int = 5
     return {"suite": "retrieval", "mode": "no-grad forward", "records": records, "skipped": skipped_all}
 
 
-def _records(op: str, cfg: dict, res: dict, flops: float) -> List[dict]:
-    return [{"op": op, **cfg, "provider": name, **r, "flops": flops} for name, r in res.items()]
+def _records(op: str, cfg: dict, res: dict, flops: float, agree: Dict[str, float]) -> List[dict]:
+    out = [{"op": op, **cfg, "provider": name, **r, "flops": flops} for name, r in res.items()]
+    for r in out:
+        if r["provider"] in agree:
+            r["diff_vs_torch"] = agree[r["provider"]]
+    return out
+
+
+def _agreement(providers: Dict[str, Callable], base: str) -> Dict[str, float]:
+    """How far each provider's output is from the plain-torch provider's (a sanity check stored in the JSON).
+
+    top-k: max |score difference| (indices may legitimately differ on near-ties); ranks: the fraction of queries
+    whose rank differs (two GEMM paths may round a near-tie differently); metrics: max |difference| over the
+    metric values (percent points / ranks).
+    """
+    try:
+        ref = providers[base]()
+    except Exception:  # the failure is measured and reported by harness.measure
+        return {}
+    out = {}
+    for name, fn in providers.items():
+        if name == base:
+            continue
+        try:
+            got = fn()
+        except Exception:
+            continue
+        if isinstance(ref, dict):
+            out[name] = max(abs(float(ref[k]) - float(got[k])) for k in ref) if ref.keys() == got.keys() else 1e9
+        elif isinstance(ref, tuple):  # (scores, indices); faiss returns (distances, labels) as numpy
+            a, b = ref[0].float(), torch.as_tensor(got[0]).float()
+            out[name] = float((a - b).abs().max()) if a.shape == b.shape else 1e9
+        else:
+            out[name] = float((ref != got).float().mean()) if ref.shape == got.shape else 1e9
+    return out
 
 
 def _add_ratios_vs(records: List[dict]) -> List[dict]:
