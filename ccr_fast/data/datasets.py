@@ -221,6 +221,8 @@ def make_eval_sets(data: CCRData, langs: Optional[Sequence[str]] = None, *, mt_t
         queries = [c for per in caps for c in per]
         item = np.repeat(np.arange(len(caps), dtype=np.int64), [len(per) for per in caps])
         tag = f"{lang}2{mt_target}"
-        mt = [c for per in data.translations[tag] for c in per] if tag in data.translations and lang != mt_target else None
+        mt = None
+        if tag in data.translations and lang != mt_target:
+            mt = [c for per in data.translations[tag] for c in per]
         out.append(EvalSet(lang, queries, item, data.features, list(data.visual_ids), mt, data.name))
     return out

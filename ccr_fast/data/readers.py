@@ -179,7 +179,8 @@ def read_video2frames(path: PathLike) -> dict:
         obj = ast.literal_eval(text)
     except (ValueError, SyntaxError) as e:
         line = getattr(e, "lineno", None)
-        raise DataFormatError(f"{_where(path, line)}: expected a Python dict literal {{video: [frames]}}: {e}") from None
+        raise DataFormatError(f"{_where(path, line)}: expected a Python dict literal "
+                              f"{{video: [frames]}}: {e}") from None
     if not isinstance(obj, dict) or not all(isinstance(v, (list, tuple)) for v in obj.values()):
         raise DataFormatError(f"{path}: expected a dict of lists of frame ids, got {type(obj).__name__}")
     return {str(k): [str(x) for x in v] for k, v in obj.items()}
@@ -205,7 +206,8 @@ class BigFile:
         self.shape = (int(fields[0]), int(fields[1]))
         self.names = read_id_list(self.folder / "id.txt")
         if len(self.names) != self.shape[0]:
-            raise DataFormatError(f"{self.folder / 'id.txt'}: expected {self.shape[0]} ids (shape.txt), got {len(self.names)}")
+            raise DataFormatError(f"{self.folder / 'id.txt'}: expected {self.shape[0]} ids (shape.txt), "
+                                  f"got {len(self.names)}")
         bin_path = self.folder / "feature.bin"
         if not bin_path.is_file():
             raise FileNotFoundError(f"data file not found: {bin_path}")
@@ -269,11 +271,13 @@ def read_hdf5_features(path: PathLike, dataset: Optional[str] = None, ids_datase
     with h5py.File(path, "r") as f:
         if dataset is not None:
             if dataset not in f or ids_dataset not in f:
-                raise DataFormatError(f"{path}: expected datasets {dataset!r} and {ids_dataset!r}, got {list(f.keys())}")
+                raise DataFormatError(f"{path}: expected datasets {dataset!r} and {ids_dataset!r}, "
+                                      f"got {list(f.keys())}")
             feats = np.asarray(f[dataset])
             ids = [i.decode() if isinstance(i, bytes) else str(i) for i in np.asarray(f[ids_dataset]).tolist()]
             if feats.shape[0] != len(ids):
-                raise DataFormatError(f"{path}: {dataset!r} has {feats.shape[0]} rows, {ids_dataset!r} has {len(ids)} ids")
+                raise DataFormatError(f"{path}: {dataset!r} has {feats.shape[0]} rows, "
+                                      f"{ids_dataset!r} has {len(ids)} ids")
             return ids, feats
         ids = list(f.keys())
         arrays = [np.asarray(f[k]) for k in ids]
@@ -299,7 +303,8 @@ def _record(obj, path, line):
     image = obj.get("image", obj.get("img_path"))
     ident = obj.get("id", obj.get("image_id"))
     if image is None and ident is None:
-        raise DataFormatError(f"{_where(path, line)}: expected 'image'/'img_path' or 'id'/'image_id', got {sorted(obj)}")
+        raise DataFormatError(f"{_where(path, line)}: expected 'image'/'img_path' or 'id'/'image_id', "
+                              f"got {sorted(obj)}")
     key = visual_key(image) if image is not None else str(ident)
     return {"key": key, "image": image, "captions": list(caps)}
 
@@ -389,7 +394,8 @@ def load_nrccr_collection(root: PathLike, caption_files: Sequence[PathLike], fea
             "multi30ktrain_google_enc2de2enc"]``. Tags map as :func:`nrccr_tag_to_key`.
         features: a BigFile folder or an ``.npy`` file, as a path or a name under ``root/FeatureData``. A BigFile
             with ``video2frames.txt`` gives frame features ``[N, F, D]`` (zero-padded, ``n_frames`` set).
-        id_file: row ids of an ``.npy`` (path or name under ``root/FeatureData``); default ``<npy>.ids.txt``/``_id.txt``.
+        id_file: row ids of an ``.npy`` (path or name under ``root/FeatureData``); default
+            ``<npy>.ids.txt`` / ``<npy>_id.txt``.
         name: the data name (default: the folder name).
         max_frames: keep at most this many frames per video.
 
@@ -414,7 +420,7 @@ def load_nrccr_collection(root: PathLike, caption_files: Sequence[PathLike], fea
     vids = list(items)
     captions, trans_raw = OrderedDict(), OrderedDict()
     for path, caps in parsed:
-        for lineno, c in enumerate(caps, 1):
+        for c in caps:
             kind, key = nrccr_tag_to_key(c.tag)
             if kind == "captions":
                 captions.setdefault(key, [[] for _ in vids])[items[c.visual_id]].append((c.k, c.text))
@@ -459,7 +465,8 @@ def load_nrccr_collection(root: PathLike, caption_files: Sequence[PathLike], fea
         row = {visual_key(i): r for r, i in enumerate(ids)}
         missing = [v for v in vids if v not in row]
         if missing:
-            raise DataFormatError(f"{feat_path}: {len(missing)} captioned items have no feature row, e.g. {missing[:3]}")
+            raise DataFormatError(f"{feat_path}: {len(missing)} captioned items have no feature row, "
+                                  f"e.g. {missing[:3]}")
         feats = np.asarray(arr[np.asarray([row[v] for v in vids], dtype=np.int64)], dtype=np.float32)
     return CCRData(name or root.name, vids, feats, dict(captions), dict(translations), n_frames)
 
@@ -519,7 +526,8 @@ def load_jsonl_collection(files: Mapping[str, PathLike], features: Union[PathLik
         for v, caps in zip(vids, captions[lang]):
             mt = g.get(v, [])
             if len(mt) != len(caps):
-                raise DataFormatError(f"{path}: image {v!r} has {len(mt)} translations for {len(caps)} {lang!r} captions")
+                raise DataFormatError(f"{path}: image {v!r} has {len(mt)} translations for "
+                                      f"{len(caps)} {lang!r} captions")
             rows.append(list(mt))
         translations[f"{lang}2{mt_target}"] = rows
     feats = np.asarray(arr[np.asarray([row[v] for v in vids], dtype=np.int64)], dtype=np.float32)

@@ -96,7 +96,8 @@ def make_synthetic(n_items: int = 200, *, langs: Sequence[str] = ("en", "de", "f
         raise ValueError("captions_per_item, n_function_words, feature_dim: expected >= 1, got "
                          f"{captions_per_item}, {n_function_words}, {feature_dim}")
     if not (0 <= mt_drop <= 1 and 0 <= mt_substitute <= 1 and mt_drop + mt_substitute <= 1):
-        raise ValueError(f"mt_drop, mt_substitute: expected probabilities summing to <= 1, got {mt_drop}, {mt_substitute}")
+        raise ValueError(f"mt_drop, mt_substitute: expected probabilities summing to <= 1, "
+                         f"got {mt_drop}, {mt_substitute}")
     rng = np.random.default_rng(seed)
     concept_vecs = rng.standard_normal((n_concepts, feature_dim))
     concept_vecs /= np.linalg.norm(concept_vecs, axis=1, keepdims=True)

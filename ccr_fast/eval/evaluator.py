@@ -179,10 +179,14 @@ def evaluate_encoders(encode_text: Callable, encode_visual: Callable, eval_sets:
                 continue
             sel_t = torch.from_numpy(sel).to(t.device)
             vp, tp, qp = v[part[0]: part[-1] + 1], t[sel_t], qi[sel] - part[0]
-            fold_metrics.append(M.evaluate_embeddings(tp, vp, torch.from_numpy(qp).to(t.device), backend=backend))
             if need_ranks:
                 a, b = ranks_from_embeddings(tp, vp, qp, backend=backend)
                 t2v_all[sel], v2t_best[part] = a, b
+            if need_ranks and one_caption_each:
+                # one caption per item: the best v2t rank is the only one, so these ranks give every metric
+                fold_metrics.append(M.retrieval_metrics(a, b, v2t_all_ranks=b[:, None]))
+            else:
+                fold_metrics.append(M.evaluate_embeddings(tp, vp, torch.from_numpy(qp).to(t.device), backend=backend))
             if tm is not None:
                 m, a, b = _fused_metrics(tp, tm[sel_t], vp, qp, float(fusion_weight))
                 fold_fused.append(m)

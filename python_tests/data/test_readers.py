@@ -29,7 +29,8 @@ def nrccr_root(tmp_path):
            "img1.jpg#enc#0 A dog runs.\nimg1.jpg#enc#1 A brown dog.\nimg2.jpg#enc#0 Two men talk.\n")
     # translations listed in another order: alignment must follow (visual_id, k), not line order
     _write(t / "m30ktrain_google_enc2de.caption.txt",
-           "img2.jpg#enc2de#0 Zwei Männer reden.\nimg1.jpg#enc2de#1 Ein brauner Hund.\nimg1.jpg#enc2de#0 Ein Hund läuft.\n")
+           "img2.jpg#enc2de#0 Zwei Männer reden.\nimg1.jpg#enc2de#1 Ein brauner Hund.\n"
+           "img1.jpg#enc2de#0 Ein Hund läuft.\n")
     _write(t / "m30ktrain_google_enc2de2enc.caption.txt", "img1#enc2de2enc#0 A dog is running.\n"
            "img1#enc2de2enc#1 A brown dog.\nimg2#enc2de2enc#0 Two men are talking.\n", gz=False)
     feats = np.arange(3 * 4, dtype=np.float32).reshape(3, 4)
@@ -168,7 +169,8 @@ def test_json_jsonl_collection(tmp_path):
     files = {"en": tmp_path / "train.en.json", "de": tmp_path / "test.de.jsonl.gz"}
     with pytest.raises(DataFormatError, match="no feature row.*77"):
         load_jsonl_collection(files, feats, ["2.jpg", "9.jpg", "1.jpg"])
-    d = load_jsonl_collection(files, feats, ["2.jpg", "9.jpg", "1.jpg"], mt_files={"de": tmp_path / "test_gmt.de.jsonl"},
+    d = load_jsonl_collection(files, feats, ["2.jpg", "9.jpg", "1.jpg"],
+                              mt_files={"de": tmp_path / "test_gmt.de.jsonl"},
                               missing_features="drop")
     assert d.visual_ids == ["2", "1"]
     assert d.captions["en"] == [["two men", "men"], ["a dog", "a brown dog"]]
