@@ -430,3 +430,73 @@ def test_opcheck_custom_ops(backend):
     torch.library.opcheck(torch.ops.ccr_fast.contrastive_bwd.default,
                           (torch.tensor(1.5, dtype=torch.float64), x.detach(), y.detach(), s.detach(), lse_row,
                            lse_col, 0, 1, 0, 2, 0.1, 0.05, backend))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# similarity_distillation_loss (NRCCR DTL, methods.md §1.3 and Appendix E.2)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _dtl_ref(teacher, student, anchor, tau):
+    """DTL written with explicit per-row / per-column sums in float64."""
+    lt = teacher.detach().double() @ anchor.double().T / tau
+    ls = student.double() @ anchor.double().T / tau
+    n, m = lt.shape
+    t2v = sum(-(torch.softmax(lt[i], 0) * torch.log_softmax(ls[i], 0)).sum() for i in range(n)) / n
+    v2t = sum(-(torch.softmax(lt[:, j], 0) * torch.log_softmax(ls[:, j], 0)).sum() for j in range(m)) / m
+    return (t2v + v2t) / 2
+
+
+def test_dtl_matches_reference_and_gradient_flow():
+    teacher, student, anchor = _feats(6, 5), _feats(6, 5), _feats(6, 5)
+    loss = losses.similarity_distillation_loss(teacher, student, anchor, temperature=0.07)
+    ref = _dtl_ref(teacher, student, anchor, 0.07)
+    _close(loss, ref, rtol=1e-5, atol=1e-5)
+    loss.backward()
+    assert teacher.grad is None  # detached inside
+    assert student.grad is not None and student.grad.abs().max() > 0
+    # the anchor gets gradient through the student *and* the teacher logits
+    a2 = anchor.detach().clone().requires_grad_()
+    (gs,) = torch.autograd.grad(_dtl_ref(teacher, student, a2, 0.07), a2)
+    _close(anchor.grad, gs, rtol=1e-4, atol=1e-5)
+    # ... and the teacher path matters: dropping it (anchor detached in the teacher logits) changes the gradient
+    a3 = anchor.detach().clone().requires_grad_()
+    lt = teacher.detach().double() @ a3.detach().double().T / 0.07
+    ls = student.detach().double() @ a3.double().T / 0.07
+    student_only = -0.5 * ((torch.softmax(lt, 1) * torch.log_softmax(ls, 1)).sum(1).mean()
+                           + (torch.softmax(lt, 0) * torch.log_softmax(ls, 0)).sum(0).mean())
+    (g_student_only,) = torch.autograd.grad(student_only, a3)
+    assert (g_student_only - gs).abs().max() > 1e-3
+    assert loss.dtype == torch.float32
+
+
+def test_dtl_teacher_equals_student_gives_entropy_and_zero_student_grad():
+    x, anchor = _feats(5, 4, torch.float64), _feats(5, 4, torch.float64)
+    student = x.detach().clone().requires_grad_()
+    loss = losses.similarity_distillation_loss(x, student, anchor, temperature=0.1)
+    lt = x.detach() @ anchor.detach().T / 0.1
+    p_row, p_col = torch.softmax(lt, 1), torch.softmax(lt, 0)
+    entropy = 0.5 * (-(p_row * p_row.log()).sum(1).mean() - (p_col * p_col.log()).sum(0).mean())
+    _close(loss, entropy, rtol=1e-10, atol=1e-12)
+    (gs,) = torch.autograd.grad(loss, student)
+    assert gs.abs().max() < 1e-12
+
+
+def test_dtl_errors():
+    a = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="temperature"):
+        losses.similarity_distillation_loss(a, a, a, temperature=0.0)
+    with pytest.raises(ValueError, match="anchor.*feature size 4"):
+        losses.similarity_distillation_loss(a, a, torch.randn(3, 5))
+    with pytest.raises(ValueError, match="student.*batch size 3"):
+        losses.similarity_distillation_loss(a, torch.randn(2, 4), a)
+
+
+def test_triplet_wrappers_delegate_to_the_op():
+    from ccr_fast.ops.triplet import triplet_loss as op
+
+    a, b = _feats(5, 4, requires_grad=False), _feats(5, 4, requires_grad=False)
+    for mv, red in ((True, "sum"), (False, "mean")):
+        want = op(a, b, margin=0.3, max_violation=mv, reduction=red, backend="torch")
+        _close(losses.triplet_loss(a, b, margin=0.3, max_violation=mv, reduction=red, backend="torch"), want)
+        _close(losses.TripletLoss(0.3, mv, red, backend="torch")(a, b), want)
