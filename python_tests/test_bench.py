@@ -122,6 +122,11 @@ def test_quick_run_writes_json_plots_and_results(tmp_path):
         for r in rj["records"]:  # every provider computed what the plain-torch one computed
             if r["provider"] not in ("torch_chunked", "torch_full"):
                 assert r["diff_vs_torch"] <= tol[r["op"]], r
+    tj = json.load(open(os.path.join(out, "training-cpu-quick.json")))
+    if not tj["skipped"].get("training"):
+        assert {(r["method"], r["provider"]) for r in tj["records"]} == {
+            (m, p) for m in ("nrccr", "ccrk") for p in ("ccr_fast[cpu]", "ccr_fast[torch]")}
+        assert all(r["status"] == "ok" and r["steps_per_s"] > 0 for r in tj["records"])
     md = open(os.path.join(out, "RESULTS.md")).read()
     assert "torch_eager" in md and "| B |" in md and "peak extra memory" in md
     assert glob.glob(os.path.join(out, "losses-cpu-quick__clip*.png"))

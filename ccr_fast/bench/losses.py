@@ -191,11 +191,12 @@ def sweep_configs(device: torch.device, quick: bool, dtypes: Optional[List[str]]
 
 
 def run(device: torch.device, *, quick: bool, backends: List[str], with_compile: bool, dtypes=None,
-        reps: int = 5, max_seconds: float = 8.0, log=print) -> dict:
+        reps: int = 5, max_seconds: float = 8.0, max_call_seconds: float = 10.0, log=print) -> dict:
     """Run the loss sweep; returns the suite's JSON payload (records + skipped providers)."""
     gen = torch.Generator().manual_seed(0)
     records, skipped_all = [], {}
     oom_series = set()  # (provider, K, d, dtype) that ran out of memory at a smaller B
+    slow_series = set()  # ... or took longer than max_call_seconds per call (B grows, so would the next)
     for cfg in sweep_configs(device, quick, dtypes):
         b, k, d, dt = cfg["B"], cfg["K"], cfg["d"], cfg["dtype"]
         dtype = DTYPES[dt]
@@ -209,19 +210,26 @@ def run(device: torch.device, *, quick: bool, backends: List[str], with_compile:
                 skipped_all[name] = why
                 log(f"  [losses] skip {name}: {why}")
         series = lambda name: (name, k, d, dt)  # noqa: E731
-        for name in [n for n in providers if series(n) in oom_series]:
+        for name in [n for n in providers if series(n) in oom_series or series(n) in slow_series]:
             providers.pop(name)
-            records.append({**_base(cfg), "provider": name, "status": "oom", "note": "OOM at a smaller B"})
+            why = "oom" if series(name) in oom_series else "skipped"
+            records.append({**_base(cfg), "provider": name, "status": why, "time_ms": None, "mem_bytes": None,
+                            "note": "OOM at a smaller B" if why == "oom" else
+                            f"slower than {max_call_seconds:g} s per call at a smaller B (time budget)"})
         check = _check_values(providers, k, image, text, scale)
         res = harness.measure(providers, device, warmup=1, reps=2 if quick else reps, min_reps=2 if quick else 3,
                               max_seconds=max_seconds, mem_reps=1 if quick else 3)
         flops = 6.0 * b * (b * k) * d
         for name, r in res.items():
             rec = {**_base(cfg), "provider": name, **r, "flops": flops}
+            if r["time_ms"]:
+                rec["tflops"] = flops / (r["time_ms"]["median"] * 1e-3) / 1e12
             if name in check:
                 rec["loss_abs_diff_vs_eager"] = check[name]
             if r["status"] == "oom":
                 oom_series.add(series(name))
+            if r["time_ms"] and r["time_ms"]["median"] > 1e3 * max_call_seconds:
+                slow_series.add(series(name))
             records.append(rec)
         _log_point(log, cfg, res)
         del image, text, scale, providers

@@ -249,6 +249,8 @@ def run(device: torch.device, *, quick: bool, backends: List[str], reps: int = 5
 def _records(op: str, cfg: dict, res: dict, flops: float, agree: Dict[str, float]) -> List[dict]:
     out = [{"op": op, **cfg, "provider": name, **r, "flops": flops} for name, r in res.items()]
     for r in out:
+        if r["time_ms"]:
+            r["tflops"] = flops / (r["time_ms"]["median"] * 1e-3) / 1e12
         if r["provider"] in agree:
             r["diff_vs_torch"] = agree[r["provider"]]
     return out
