@@ -57,11 +57,18 @@ void ranks_impl(const T* q, int64_t ldq, const T* g, int64_t ldg, int64_t Q, int
           const int64_t* ti = targets + i * T_;
           const T* si = tscore.data() + i * T_;
           int64_t* ci = cnt + i * T_;
-          for (int64_t c = c0; c < c1; ++c) {
-            const T s = ccr::dot(qi, g + c * ldg, d);
-            for (int64_t t = 0; t < T_; ++t) {
-              ci[t] += (s > si[t]) || (s == si[t] && c < ti[t]);
+          // dot4 gives per row exactly what dot gives (dot.h), so the target's own score compares equal
+          int64_t c = c0;
+          T sc[4];
+          for (; c + 4 <= c1; c += 4) {
+            ccr::dot4(qi, g + c * ldg, g + (c + 1) * ldg, g + (c + 2) * ldg, g + (c + 3) * ldg, d, sc);
+            for (int r = 0; r < 4; ++r) {
+              for (int64_t t = 0; t < T_; ++t) ci[t] += (sc[r] > si[t]) || (sc[r] == si[t] && c + r < ti[t]);
             }
+          }
+          for (; c < c1; ++c) {
+            const T s = ccr::dot(qi, g + c * ldg, d);
+            for (int64_t t = 0; t < T_; ++t) ci[t] += (s > si[t]) || (s == si[t] && c < ti[t]);
           }
         }
       }

@@ -114,7 +114,13 @@ void topk_impl(const T* q, int64_t ldq, const T* g, int64_t ldg, int64_t Q, int6
         for (int64_t i = q0; i < q1; ++i) {
           const T* qi = q + i * ldq;
           WorstHeap<T>& h = heaps[i - q0];
-          for (int64_t c = c0; c < c1; ++c) h.offer(ccr::dot(qi, g + c * ldg, d), c);
+          int64_t c = c0;
+          T sc[4];
+          for (; c + 4 <= c1; c += 4) {
+            ccr::dot4(qi, g + c * ldg, g + (c + 1) * ldg, g + (c + 2) * ldg, g + (c + 3) * ldg, d, sc);
+            for (int r = 0; r < 4; ++r) h.offer(sc[r], c + r);
+          }
+          for (; c < c1; ++c) h.offer(ccr::dot(qi, g + c * ldg, d), c);
         }
       }
       for (int64_t i = q0; i < q1; ++i) {
