@@ -8,6 +8,8 @@ fp32 results are held to the flash-attention criterion: error ≤ 2× that of pl
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -500,3 +502,18 @@ def test_triplet_wrappers_delegate_to_the_op():
         want = op(a, b, margin=0.3, max_violation=mv, reduction=red, backend="torch")
         _close(losses.triplet_loss(a, b, margin=0.3, max_violation=mv, reduction=red, backend="torch"), want)
         _close(losses.TripletLoss(0.3, mv, red, backend="torch")(a, b), want)
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+                    reason="needs TRITON_INTERPRET=1 (set before the session) or a CUDA device")
+def test_triton_dispatch_one_to_k():
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    img = F.normalize(torch.randn(5, 8), dim=-1).to(dev).requires_grad_()
+    txt = F.normalize(torch.randn(5, 2, 8), dim=-1).to(dev).requires_grad_()
+    s = torch.tensor(10.0, device=dev, requires_grad=True)
+    loss, grads = _grads(lambda a, b, c: losses.one_to_k_loss(a, b, c, backend="triton"), img, txt, s)
+    ref, rgrads = _grads(lambda a, b, c: one_to_k_ref(a.cpu(), b.cpu(), c.cpu()), img, txt, s)
+    _close(loss.cpu(), ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, rgrads):
+        _close(g.cpu(), r.cpu(), rtol=1e-4, atol=1e-5)
