@@ -101,6 +101,32 @@ inline __attribute__((always_inline)) void axpy_body(T a, const T* src, T* dst, 
   for (int64_t k = 0; k < d; ++k) dst[k] += a * src[k];
 }
 
+// exp(x) for the softmax sums, written so that OpenMP SIMD loops vectorise it (no libm call). The argument is
+// clamped to [-87, 88] (float) / [-708, 709] (double): the results stay finite, so a zero coefficient times
+// exp(...) is 0 even where the matching LSE is unspecified, and an exp(-87) ~ 1e-38 in place of an underflow
+// is far below the rounding of any sum that also holds exp(0) = 1.
+// float: 2^n * p(r) with n = round(x log2 e), r = x - n ln 2 (Cody-Waite split), p the degree-7 Taylor
+// polynomial (|r| <= ln2/2 -> truncation error < 5e-9, under half an ulp). double: std::exp.
+#pragma omp declare simd notinbranch
+inline float fast_exp(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
+  const float t = x * 1.44269504088896341f + shifter;
+  const float n = t - shifter;
+  const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const std::int32_t ni = __builtin_bit_cast(std::int32_t, t) - __builtin_bit_cast(std::int32_t, shifter);
+  return p * __builtin_bit_cast(float, (ni + 127) << 23);
+}
+inline double fast_exp(double x) { return std::exp(std::min(std::max(x, -708.0), 709.0)); }
+
 // Positive columns of a row with key g, clipped to the tile [c0, c0 + nj): local indices [lo, hi).
 inline void positive_range(int64_t g, int64_t col_off, int64_t col_div, int64_t c0, int64_t nj, int64_t* lo,
                            int64_t* hi) {
@@ -166,6 +192,84 @@ __attribute__((target_clones("arch=haswell", "default"))) void tile_grad(const T
   }
 }
 
+// Hot loops of the softmax parts, compiled for AVX2+FMA and the baseline ISA like tile_dots.
+//   exp_sum:    sum_j exp(z[j] - m)
+//   col_update: online (max, sum-exp) of the columns of one tile S (mi x nj), vectorised across columns
+//   dz_row:     s[j] <- rc*exp(scale*s[j] - lr) + cc[j]*exp(scale*s[j] - lc[j]) (col term only if use_col),
+//               returns sum_j s_new[j] * s_old[j] (the dscale partial, before the positive correction)
+template <typename T>
+inline __attribute__((always_inline)) T exp_sum_body(const T* z, int64_t n, T m) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += fast_exp(z[j] - m);
+  return s;
+}
+
+template <typename T>
+inline __attribute__((always_inline)) void col_update_body(const T* S, int64_t lds, int64_t mi, int64_t nj, T* cmax,
+                                                           T* csum, T* scratch) {
+  for (int64_t j = 0; j < nj; ++j) scratch[j] = cmax[j];
+  for (int64_t i = 0; i < mi; ++i) {
+    const T* si = S + i * lds;
+#pragma omp simd
+    for (int64_t j = 0; j < nj; ++j) scratch[j] = std::max(scratch[j], si[j]);
+  }
+  for (int64_t j = 0; j < nj; ++j) {
+    csum[j] *= std::exp(cmax[j] - scratch[j]);  // exp(-inf) = 0 on a column's first tile
+    cmax[j] = scratch[j];
+  }
+  for (int64_t i = 0; i < mi; ++i) {
+    const T* si = S + i * lds;
+#pragma omp simd
+    for (int64_t j = 0; j < nj; ++j) csum[j] += fast_exp(si[j] - cmax[j]);
+  }
+}
+
+template <typename T>
+inline __attribute__((always_inline)) T dz_row_body(T* s, int64_t nj, T scale, T rc, T lr, const T* cc,
+                                                    const T* lc, bool use_col) {
+  T acc = 0;
+  if (use_col) {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < nj; ++j) {
+      const T raw = s[j], z = scale * raw;
+      const T g = rc * fast_exp(z - lr) + cc[j] * fast_exp(z - lc[j]);
+      s[j] = g;
+      acc += g * raw;
+    }
+  } else {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < nj; ++j) {
+      const T raw = s[j];
+      const T g = rc * fast_exp(scale * raw - lr);
+      s[j] = g;
+      acc += g * raw;
+    }
+  }
+  return acc;
+}
+
+#define CCR_CLONES __attribute__((target_clones("arch=haswell", "default")))
+CCR_CLONES float exp_sum(const float* z, int64_t n, float m) { return exp_sum_body(z, n, m); }
+CCR_CLONES double exp_sum(const double* z, int64_t n, double m) { return exp_sum_body(z, n, m); }
+CCR_CLONES void col_update(const float* S, int64_t lds, int64_t mi, int64_t nj, float* cmax, float* csum,
+                           float* scratch) {
+  col_update_body(S, lds, mi, nj, cmax, csum, scratch);
+}
+CCR_CLONES void col_update(const double* S, int64_t lds, int64_t mi, int64_t nj, double* cmax, double* csum,
+                           double* scratch) {
+  col_update_body(S, lds, mi, nj, cmax, csum, scratch);
+}
+CCR_CLONES float dz_row(float* s, int64_t nj, float scale, float rc, float lr, const float* cc, const float* lc,
+                        bool use_col) {
+  return dz_row_body(s, nj, scale, rc, lr, cc, lc, use_col);
+}
+CCR_CLONES double dz_row(double* s, int64_t nj, double scale, double rc, double lr, const double* cc,
+                         const double* lc, bool use_col) {
+  return dz_row_body(s, nj, scale, rc, lr, cc, lc, use_col);
+}
+#undef CCR_CLONES
+
 template <typename T>
 void forward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int64_t ldx, int64_t ldy, T scale,
                   int64_t row_off, int64_t row_div, int64_t col_off, int64_t col_div, bool compute_col, T* lse_row,
@@ -182,7 +286,7 @@ void forward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int64
   {
     const int tid = thread_id();
     std::vector<T> S(static_cast<size_t>(TM) * TN);
-    std::vector<T> rmax(TM), rsum(TM), rpos(TM);
+    std::vector<T> rmax(TM), rsum(TM), rpos(TM), scratch(TN);
     T* my_cmax = compute_col ? cmax.data() + static_cast<size_t>(tid) * N : nullptr;
     T* my_csum = compute_col ? csum.data() + static_cast<size_t>(tid) * N : nullptr;
     T* my_cpos = cpos.data() + static_cast<size_t>(tid) * N;
@@ -203,10 +307,8 @@ void forward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int64
             z[j] *= scale;
             m = std::max(m, z[j]);
           }
-          T s = rsum[i] * std::exp(rmax[i] - m);  // exp(-inf) = 0 on the first tile
-          for (int64_t j = 0; j < nj; ++j) s += std::exp(z[j] - m);
+          rsum[i] = rsum[i] * std::exp(rmax[i] - m) + exp_sum(z, nj, m);  // exp(-inf) = 0 on the first tile
           rmax[i] = m;
-          rsum[i] = s;
           int64_t lo, hi;
           positive_range((r0 + i + row_off) / row_div, col_off, col_div, c0, nj, &lo, &hi);
           for (int64_t j = lo; j < hi; ++j) {
@@ -214,17 +316,7 @@ void forward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int64
             my_cpos[c0 + j] += z[j];
           }
         }
-        if (compute_col) {
-          for (int64_t j = 0; j < nj; ++j) {
-            const int64_t c = c0 + j;
-            T m = my_cmax[c];
-            for (int64_t i = 0; i < mi; ++i) m = std::max(m, S[i * TN + j]);
-            T s = my_csum[c] * std::exp(my_cmax[c] - m);
-            for (int64_t i = 0; i < mi; ++i) s += std::exp(S[i * TN + j] - m);
-            my_cmax[c] = m;
-            my_csum[c] = s;
-          }
-        }
+        if (compute_col) col_update(S.data(), TN, mi, nj, my_cmax + c0, my_csum + c0, scratch.data());
       }
       for (int64_t i = 0; i < mi; ++i) {
         lse_row[r0 + i] = rmax[i] + std::log(rsum[i]);
@@ -254,31 +346,22 @@ void forward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int64
   }
 }
 
-// dZ of one recomputed tile, in place: S holds x.y^T on entry and dZ on exit. Returns sum dZ * (x y^T)
-// over the tile when want_dscale.
+// dZ of one recomputed tile, in place: S holds x.y^T on entry and dZ on exit. Returns sum dZ * (x y^T) over
+// the tile (the dscale partial). use_col = false when every col_coef is 0 (row-only cross-entropy).
 template <typename T>
 T tile_dz(T* S, int64_t lds, int64_t r0, int64_t mi, int64_t c0, int64_t nj, T scale, const T* lse_row,
           const T* lse_col, const T* row_coef, const T* col_coef, T w_pos, int64_t row_off, int64_t row_div,
-          int64_t col_off, int64_t col_div, bool want_dscale) {
+          int64_t col_off, int64_t col_div, bool use_col) {
   T acc = 0;
   for (int64_t i = 0; i < mi; ++i) {
     T* s = S + i * lds;
-    const T rc = row_coef[r0 + i], lr = lse_row[r0 + i];
     int64_t lo, hi;
     positive_range((r0 + i + row_off) / row_div, col_off, col_div, c0, nj, &lo, &hi);
-    T row_acc = 0;
-    for (int64_t j = 0; j < nj; ++j) {
-      const T raw = s[j];
-      const T z = scale * raw;
-      // A zero coefficient skips its exp: the matching LSE may be unspecified (compute_col = false).
-      T g = rc != T(0) ? rc * std::exp(z - lr) : T(0);
-      const T cc = col_coef[c0 + j];
-      if (cc != T(0)) g += cc * std::exp(z - lse_col[c0 + j]);
-      if (j >= lo && j < hi) g -= w_pos;
-      s[j] = g;
-      if (want_dscale) row_acc += g * raw;
-    }
-    acc += row_acc;
+    T pos_raw = 0;
+    for (int64_t j = lo; j < hi; ++j) pos_raw += s[j];
+    acc += dz_row(s, nj, scale, row_coef[r0 + i], lse_row[r0 + i], col_coef + c0, lse_col + c0, use_col);
+    for (int64_t j = lo; j < hi; ++j) s[j] -= w_pos;
+    acc -= w_pos * pos_raw;
   }
   return acc;
 }
@@ -291,6 +374,7 @@ void backward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int6
   const int64_t n_row_tiles = (M + TM - 1) / TM, n_col_tiles = (N + TN - 1) / TN;
   const int nt_rows = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(max_threads(), n_row_tiles)));
   std::vector<double> dscale_part(nt_rows, 0.0);
+  const bool use_col = std::any_of(col_coef, col_coef + N, [](T c) { return c != T(0); });
 
   // Row-owned pass: dx and the dscale partials.
 #pragma omp parallel num_threads(nt_rows)
@@ -307,7 +391,7 @@ void backward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int6
         const int64_t nj = std::min(TN, N - c0);
         tile_dots(x + r0 * ldx, ldx, y + c0 * ldy, ldy, mi, nj, d, S.data(), TN);
         part += static_cast<double>(tile_dz<T>(S.data(), TN, r0, mi, c0, nj, scale, lse_row, lse_col, row_coef,
-                                               col_coef, w_pos, row_off, row_div, col_off, col_div, true));
+                                               col_coef, w_pos, row_off, row_div, col_off, col_div, use_col));
         tile_grad<T>(S.data(), TN, mi, nj, y + c0 * ldy, ldy, dxt, d, d, false);
       }
       for (int64_t k = 0; k < mi * d; ++k) dxt[k] *= scale;
@@ -332,7 +416,7 @@ void backward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int6
         const int64_t mi = std::min(TM, M - r0);
         tile_dots(x + r0 * ldx, ldx, y + c0 * ldy, ldy, mi, nj, d, S.data(), TN);
         tile_dz<T>(S.data(), TN, r0, mi, c0, nj, scale, lse_row, lse_col, row_coef, col_coef, w_pos, row_off,
-                   row_div, col_off, col_div, false);
+                   row_div, col_off, col_div, use_col);
         tile_grad<T>(S.data(), TN, mi, nj, x + r0 * ldx, ldx, dyt, d, d, true);
       }
       for (int64_t k = 0; k < nj * d; ++k) dyt[k] *= scale;
