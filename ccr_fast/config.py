@@ -55,6 +55,7 @@ class OptimConfig:
     epochs passed since the last halving)."""
 
     optimizer: str = "adamw"  # "adamw" | "adam"
+    lr: Optional[float] = None  # overrides the top-level ``lr`` when set (api.md's ``optim.lr``)
     weight_decay: float = 0.01
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     schedule: str = "cosine"
@@ -242,6 +243,8 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"max_steps must be >= 1 or None, got {cfg.max_steps}")
     if cfg.optim.grad_accum < 1:
         raise ValueError(f"optim.grad_accum must be >= 1, got {cfg.optim.grad_accum}")
+    if cfg.optim.lr is not None:
+        cfg.lr = float(cfg.optim.lr)
     if isinstance(cfg.languages, str):
         cfg.languages = [s for s in cfg.languages.replace(",", " ").split() if s]
     return cfg

@@ -340,7 +340,9 @@ def train(config=None, *, datasets: Optional[dict] = None, **overrides) -> Train
     done = st["step"] >= total
     while not done and st["epoch"] < cfg.epochs:
         sampler.epoch, sampler.skip = st["epoch"], st["batch_in_epoch"] * cfg.batch_size
-        loader = torch.utils.data.DataLoader(train_items, **loader_kw)
+        # its own generator: creating the iterator must not draw from the global RNG (exact resume mid-epoch)
+        loader = torch.utils.data.DataLoader(train_items, generator=torch.Generator().manual_seed(cfg.seed),
+                                             **loader_kw)
         method.train()
         t_epoch, n_seen = time.time(), 0
         micro = 0

@@ -35,7 +35,7 @@ def build_text_backbone(cfg: Config, tokenizer) -> TextBackbone:
     m = cfg.model
     if m.tiny_text_encoder:
         enc = tiny_text_encoder(len(tokenizer), hidden=m.tiny_text_encoder, layers=m.tiny_text_layers,
-                                pad_token_id=tokenizer.pad_token_id or 0)
+                                pad_token_id=tokenizer.pad_token_id or 0, dropout=m.dropout)
     else:
         enc = load_text_encoder(cfg.text_encoder)
     freeze_encoder(enc, m.trainable_layers)

@@ -6,6 +6,7 @@ default path is the shipped ``models/multilingual-e5-small-l9-4lang`` (``CCR_FAS
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -39,10 +40,15 @@ def resolve_encoder_path(path: Optional[Union[str, Path]]) -> Path:
 
 
 def load_tokenizer(path: Optional[Union[str, Path]] = None):
-    """The tokenizer of a local encoder folder."""
+    """The tokenizer of a local encoder folder (loaded once per folder and shared)."""
+    return _load_tokenizer(str(resolve_encoder_path(path)))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(resolve_encoder_path(path)))
+    return AutoTokenizer.from_pretrained(path)
 
 
 def load_text_encoder(path: Optional[Union[str, Path]] = None) -> nn.Module:
@@ -53,13 +59,13 @@ def load_text_encoder(path: Optional[Union[str, Path]] = None) -> nn.Module:
 
 
 def tiny_text_encoder(vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 2, pad_token_id: int = 1,
-                      max_positions: int = 128) -> nn.Module:
+                      max_positions: int = 128, dropout: float = 0.1) -> nn.Module:
     """A random-init BERT built in code (tests: no weights are read)."""
     from transformers import BertConfig, BertModel
 
     cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                      intermediate_size=2 * hidden, max_position_embeddings=max_positions, pad_token_id=pad_token_id,
-                     type_vocab_size=1)
+                     type_vocab_size=1, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     return BertModel(cfg, add_pooling_layer=False)
 
 

@@ -1,0 +1,113 @@
+"""Training loop: exact resume, config errors, 2-process gloo DDP = 1 process on the full batch, evaluation, CLI."""
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ccr_fast.cli import build_parser, parse_overrides
+from ccr_fast.config import load_config
+from ccr_fast.evaluate import EvalSet, metrics_from_scores, ranks_from_scores
+from ccr_fast.methods._tiny import TINY, tiny_items
+from ccr_fast.train import train
+
+
+def _losses(run_dir):
+    recs = [json.loads(l) for l in open(Path(run_dir) / "metrics.jsonl")]
+    return [r["total"] for r in recs if "total" in r]
+
+
+def test_resume_gives_identical_next_losses(tmp_path):
+    kw = {**TINY, "method": "nrccr", "batch_size": 4, "epochs": 3, "optim.schedule": "constant",
+          "eval.every_epoch": False, "seed": 3}
+    items = tiny_items(10)
+    full = train(dict(kw, output_dir=str(tmp_path / "a")), datasets={"train": items}, max_steps=5)
+    part = train(dict(kw, output_dir=str(tmp_path / "b")), datasets={"train": items}, max_steps=3)
+    resumed = train(dict(kw, output_dir=str(tmp_path / "b")), datasets={"train": items}, max_steps=5,
+                    resume=part.run_dir)
+    a, b = _losses(full.run_dir), _losses(resumed.run_dir)
+    assert len(a) == 5 and len(b) == 5
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+
+
+def test_bad_config_keys_list_valid_ones():
+    with pytest.raises(ValueError, match="unknown config key 'epoch'.*epochs"):
+        load_config({"epoch": 3})
+    with pytest.raises(ValueError, match="optim.lrate.*weight_decay"):
+        load_config(None, **{"optim.lrate": 1e-3})
+    with pytest.raises(ValueError, match="method must be one of"):
+        load_config({"method": "clip"})
+    cfg = load_config({"method": "nrccr", "nrccr": {"w_adv": 0}}, **{"optim.lr": 1e-3, "epochs": 2})
+    assert cfg.nrccr.w_adv == 0 and cfg.lr == 1e-3 and cfg.epochs == 2
+
+
+def _ddp_worker(rank, port, out_dir, items):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    train(dict(_DDP_CFG, batch_size=4, output_dir=out_dir), datasets={"train": items})
+    torch.distributed.destroy_process_group()
+
+
+_DDP_CFG = {**TINY, "method": "ccrk", "ccrk.w_itm": 0.0, "ccrk.w_mlm": 0.0, "epochs": 1, "max_steps": 2,
+            "optim.schedule": "constant", "eval.every_epoch": False, "lr": 1e-2, "optim.grad_clip": 0.0}
+
+
+def test_ddp_two_processes_equal_one_process_full_batch(tmp_path):
+    from safetensors.torch import load_file
+
+    items = tiny_items(16)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(port, str(tmp_path / "ddp"), items), nprocs=2)
+    single = train(dict(_DDP_CFG, batch_size=8, output_dir=str(tmp_path / "one")), datasets={"train": items})
+    ddp_run = next((tmp_path / "ddp").iterdir())
+    w1 = load_file(str(Path(single.run_dir) / "checkpoints" / "last" / "model.safetensors"))
+    w2 = load_file(str(ddp_run / "checkpoints" / "last" / "model.safetensors"))
+    # the per-step global losses agree to float rounding
+    np.testing.assert_allclose(_losses(ddp_run), _losses(single.run_dir), rtol=1e-5)
+    # weights: Adam moves every parameter by ~lr per step whatever its gradient's size; parameters whose gradient
+    # is analytically 0 (attention key biases) move by rounding noise, so the bound is 2% of the lr·steps = 2e-2 move
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], atol=4e-4, rtol=0, msg=k)
+    assert float((w1["temp"] - 0.07).abs()) > 1e-3  # training did move the parameters
+
+
+def test_train_with_eval_sets_reports_metrics_and_mrv(tmp_path):
+    items = tiny_items(8)
+    feats = np.stack([it["visual"] for it in items])
+    sets = [EvalSet(lang, [it["texts"][j] for it in items], np.arange(8), feats) for j, lang in enumerate(["en", "fr"])]
+    res = train(dict(TINY, method="ccrk", batch_size=4, epochs=2, output_dir=str(tmp_path)),
+                datasets={"train": items, "val": sets, "test": sets})
+    assert set(res.metrics["en"]) >= {"t2v_r1", "v2t_r10", "sumr", "mr"}
+    assert 0 <= res.metrics["sumr"] <= 600 and res.metrics["mrv"] >= 0
+    assert res.best_checkpoint and Path(res.best_checkpoint, "model.safetensors").is_file()
+    assert len(res.history) == 2
+    from ccr_fast.evaluate import evaluate
+
+    again = evaluate(res.run_dir, data=sets)
+    assert again["sumr"] == pytest.approx(res.metrics["sumr"])
+
+
+def test_ranks_and_metrics_from_scores():
+    scores = torch.tensor([[0.9, 0.5, 0.9], [0.1, 0.2, 0.3]])
+    torch.testing.assert_close(ranks_from_scores(scores, torch.tensor([2, 0])), torch.tensor([1, 2]))
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.95, 0.9]])
+    met, t2v, v2t = metrics_from_scores(s, torch.tensor([0, 1, 1]))
+    assert t2v.tolist() == [0, 0, 1] and v2t.tolist() == [0, 0]
+    assert met["t2v_r1"] == pytest.approx(200 / 3) and met["v2t_r1"] == 100.0
+
+
+def test_cli_parses():
+    args = build_parser().parse_args(["train", "--config", "configs/default.yaml", "optim.lr=1e-4", "languages=[en,de]"])
+    assert args.command == "train" and args.config == "configs/default.yaml"
+    assert parse_overrides(args.overrides) == {"optim.lr": 1e-4, "languages": ["en", "de"]}
+    assert build_parser().parse_args(["eval", "runs/x"]).checkpoint == "runs/x"
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["lr"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["fly"])
