@@ -100,8 +100,9 @@ def metrics_from_scores(scores: torch.Tensor, text_to_visual: torch.Tensor, v2t_
     padded = torch.full((len(all_ranks), width), -1, dtype=torch.long)
     for i, r in enumerate(all_ranks):
         padded[i, : len(r)] = r
-    met = M.retrieval_metrics(t2v, best_t, v2t_all_ranks=padded)
-    return {k: float(v) for k, v in met.items()}, t2v, best_t
+    met = {k: float(v) for k, v in M.retrieval_metrics(t2v, best_t, v2t_all_ranks=padded).items()}
+    met["t2v_sumr"] = met["t2v_r1"] + met["t2v_r5"] + met["t2v_r10"]  # NRCCR's validation score
+    return met, t2v, best_t
 
 
 @torch.no_grad()

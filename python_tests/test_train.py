@@ -111,3 +111,10 @@ def test_cli_parses():
         parse_overrides(["lr"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["fly"])
+
+
+def test_shipped_configs_load():
+    files = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+    assert len(files) >= 20
+    methods = {load_config(f).method for f in files}
+    assert methods == {"baseline", "nrccr", "cl2cm", "ccrk"}
