@@ -1,7 +1,8 @@
 // CPU (C++17 + OpenMP) kernels of the contrastive op family. Contract: docs/interop.md ("contrastive").
 //
 // Z = scale * x y^T (M x N) is never materialised: it is produced one TM x TN tile at a time into a per-thread
-// buffer (O(TM*TN) memory per thread).
+// buffer (O(TM*TN) memory per thread) by ccr::score_tile, and the backward's dx += dZ y, dy += dZ^T x are
+// rank-K updates by ccr::gemm_acc (gemm_tile.h, the register-blocked building block of every CPU family).
 //
 // Forward (one pass over the tiles, grid = row tiles, schedule(static)):
 //   * row LSE: online (max, sum-exp) per row, owned by the thread that owns the row tile;
@@ -12,7 +13,8 @@
 // Backward (two passes, no atomics, no races):
 //   * row-owned pass (grid = row tiles): recompute the tile, form dZ, dx[r] += dZ[r,:] y, and the per-thread
 //     partial sums of dZ * (x y^T) for dscale;
-//   * column-owned pass (grid = column tiles): recompute the tile, form dZ, dy[c] += dZ[:,c]^T x.
+//   * column-owned pass (grid = column tiles): recompute the tile transposed (S^T = y_tile x_tile^T), form
+//     dZ^T row by row, dy_tile += dZ^T x_tile.
 // Memory: O((M + N) * d) for inputs/outputs plus O(threads * (N + TM*TN)) workspace.
 #include <pybind11/pybind11.h>
 
@@ -23,6 +25,7 @@
 #include <vector>
 
 #include "common.h"
+#include "gemm_tile.h"
 
 #ifdef CCR_FAST_WITH_OPENMP
 #include <omp.h>
@@ -54,51 +57,6 @@ inline int max_threads() {
 #else
   return 1;
 #endif
-}
-
-// S[i*lds + j] = <x_i, y_j> for i < mi, j < nj. Four columns at a time share each load of x_i; the inner loop
-// over d is an OpenMP SIMD reduction (vectorised without -ffast-math).
-template <typename T>
-inline __attribute__((always_inline)) void tile_dots_body(const T* x, int64_t ldx, const T* y, int64_t ldy,
-                                                          int64_t mi, int64_t nj, int64_t d, T* S, int64_t lds) {
-  for (int64_t i = 0; i < mi; ++i) {
-    const T* xi = x + i * ldx;
-    T* si = S + i * lds;
-    int64_t j = 0;
-    for (; j + 4 <= nj; j += 4) {
-      const T* y0 = y + j * ldy;
-      const T* y1 = y0 + ldy;
-      const T* y2 = y1 + ldy;
-      const T* y3 = y2 + ldy;
-      T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-      for (int64_t k = 0; k < d; ++k) {
-        const T xv = xi[k];
-        a0 += xv * y0[k];
-        a1 += xv * y1[k];
-        a2 += xv * y2[k];
-        a3 += xv * y3[k];
-      }
-      si[j] = a0;
-      si[j + 1] = a1;
-      si[j + 2] = a2;
-      si[j + 3] = a3;
-    }
-    for (; j < nj; ++j) {
-      const T* yj = y + j * ldy;
-      T a = 0;
-#pragma omp simd reduction(+ : a)
-      for (int64_t k = 0; k < d; ++k) a += xi[k] * yj[k];
-      si[j] = a;
-    }
-  }
-}
-
-// dst[k] += a * src[k], k < d.
-template <typename T>
-inline __attribute__((always_inline)) void axpy_body(T a, const T* src, T* dst, int64_t d) {
-#pragma omp simd
-  for (int64_t k = 0; k < d; ++k) dst[k] += a * src[k];
 }
 
 // exp(x) for the softmax sums, written so that OpenMP SIMD loops vectorise it (no libm call). The argument is
@@ -151,52 +109,13 @@ void check_common(int64_t M, int64_t N, int64_t d, int64_t ldx, int64_t ldy, int
                     std::to_string(col_div) + ")");
 }
 
-}  // namespace
-
-// Non-template entry points compiled twice (AVX2+FMA and the baseline ISA), picked at load time.
-__attribute__((target_clones("arch=haswell", "default"))) void tile_dots(const float* x, int64_t ldx,
-                                                                          const float* y, int64_t ldy, int64_t mi,
-                                                                          int64_t nj, int64_t d, float* S,
-                                                                          int64_t lds) {
-  tile_dots_body<float>(x, ldx, y, ldy, mi, nj, d, S, lds);
-}
-__attribute__((target_clones("arch=haswell", "default"))) void tile_dots(const double* x, int64_t ldx,
-                                                                          const double* y, int64_t ldy, int64_t mi,
-                                                                          int64_t nj, int64_t d, double* S,
-                                                                          int64_t lds) {
-  tile_dots_body<double>(x, ldx, y, ldy, mi, nj, d, S, lds);
-}
-
-namespace {
-
-// G (mi x nj, row stride ldg) times rows of `src`, accumulated into rows of `dst`:
-//   transpose=false: dst[i] += sum_j G[i,j] src[j]      (row-owned: dx += dZ y)
-//   transpose=true : dst[j] += sum_i G[i,j] src[i]      (column-owned: dy += dZ^T x)
-template <typename T>
-__attribute__((target_clones("arch=haswell", "default"))) void tile_grad(const T* G, int64_t ldg, int64_t mi,
-                                                                         int64_t nj, const T* src, int64_t lds,
-                                                                         T* dst, int64_t ldd, int64_t d,
-                                                                         bool transpose) {
-  if (!transpose) {
-    for (int64_t i = 0; i < mi; ++i)
-      for (int64_t j = 0; j < nj; ++j) {
-        const T g = G[i * ldg + j];
-        if (g != T(0)) axpy_body<T>(g, src + j * lds, dst + i * ldd, d);
-      }
-  } else {
-    for (int64_t j = 0; j < nj; ++j)
-      for (int64_t i = 0; i < mi; ++i) {
-        const T g = G[i * ldg + j];
-        if (g != T(0)) axpy_body<T>(g, src + i * lds, dst + j * ldd, d);
-      }
-  }
-}
-
-// Hot loops of the softmax parts, compiled for AVX2+FMA and the baseline ISA like tile_dots.
+// Hot loops of the softmax parts, compiled for AVX2+FMA and the baseline ISA (picked at load time).
 //   exp_sum:    sum_j exp(z[j] - m)
 //   col_update: online (max, sum-exp) of the columns of one tile S (mi x nj), vectorised across columns
-//   dz_row:     s[j] <- rc*exp(scale*s[j] - lr) + cc[j]*exp(scale*s[j] - lc[j]) (col term only if use_col),
-//               returns sum_j s_new[j] * s_old[j] (the dscale partial, before the positive correction)
+//   dz_row:     s[j] <- rc*exp(scale*s[j] - lr) + cc[j]*exp(scale*s[j] - lc[j]), returns sum_j s_new[j] * s_old[j]
+//               (the dscale partial, before the positive correction). terms: kBoth, kScalarOnly (cc == 0) or
+//               kVectorOnly (rc == 0). The row-owned pass calls it on rows of dZ (rc, lr = row coefficient and
+//               LSE), the column-owned pass on rows of dZ^T (rc, lr = the column's).
 template <typename T>
 inline __attribute__((always_inline)) T exp_sum_body(const T* z, int64_t n, T m) {
   T s = 0;
@@ -225,11 +144,13 @@ inline __attribute__((always_inline)) void col_update_body(const T* S, int64_t l
   }
 }
 
+enum DzTerms : int { kBoth = 0, kScalarOnly = 1, kVectorOnly = 2 };
+
 template <typename T>
 inline __attribute__((always_inline)) T dz_row_body(T* s, int64_t nj, T scale, T rc, T lr, const T* cc,
-                                                    const T* lc, bool use_col) {
+                                                    const T* lc, int terms) {
   T acc = 0;
-  if (use_col) {
+  if (terms == kBoth) {
 #pragma omp simd reduction(+ : acc)
     for (int64_t j = 0; j < nj; ++j) {
       const T raw = s[j], z = scale * raw;
@@ -237,11 +158,19 @@ inline __attribute__((always_inline)) T dz_row_body(T* s, int64_t nj, T scale, T
       s[j] = g;
       acc += g * raw;
     }
-  } else {
+  } else if (terms == kScalarOnly) {
 #pragma omp simd reduction(+ : acc)
     for (int64_t j = 0; j < nj; ++j) {
       const T raw = s[j];
       const T g = rc * fast_exp(scale * raw - lr);
+      s[j] = g;
+      acc += g * raw;
+    }
+  } else {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < nj; ++j) {
+      const T raw = s[j];
+      const T g = cc[j] * fast_exp(scale * raw - lc[j]);
       s[j] = g;
       acc += g * raw;
     }
@@ -261,12 +190,12 @@ CCR_CLONES void col_update(const double* S, int64_t lds, int64_t mi, int64_t nj,
   col_update_body(S, lds, mi, nj, cmax, csum, scratch);
 }
 CCR_CLONES float dz_row(float* s, int64_t nj, float scale, float rc, float lr, const float* cc, const float* lc,
-                        bool use_col) {
-  return dz_row_body(s, nj, scale, rc, lr, cc, lc, use_col);
+                        int terms) {
+  return dz_row_body(s, nj, scale, rc, lr, cc, lc, terms);
 }
 CCR_CLONES double dz_row(double* s, int64_t nj, double scale, double rc, double lr, const double* cc,
-                         const double* lc, bool use_col) {
-  return dz_row_body(s, nj, scale, rc, lr, cc, lc, use_col);
+                         const double* lc, int terms) {
+  return dz_row_body(s, nj, scale, rc, lr, cc, lc, terms);
 }
 #undef CCR_CLONES
 
@@ -299,7 +228,7 @@ void forward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int64
       std::fill(rpos.begin(), rpos.end(), T(0));
       for (int64_t c0 = 0; c0 < N; c0 += TN) {
         const int64_t nj = std::min(TN, N - c0);
-        tile_dots(x + r0 * ldx, ldx, y + c0 * ldy, ldy, mi, nj, d, S.data(), TN);
+        score_tile(x + r0 * ldx, ldx, mi, y + c0 * ldy, ldy, nj, d, S.data(), TN);
         for (int64_t i = 0; i < mi; ++i) {
           T* z = S.data() + i * TN;
           T m = rmax[i];
@@ -346,20 +275,24 @@ void forward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int64
   }
 }
 
-// dZ of one recomputed tile, in place: S holds x.y^T on entry and dZ on exit. Returns sum dZ * (x y^T) over
-// the tile (the dscale partial). use_col = false when every col_coef is 0 (row-only cross-entropy).
+// dZ of one recomputed tile, in place: S holds raw scores on entry and dZ on exit. Returns sum dZ * raw over
+// the tile (the dscale partial). Written for the row-owned orientation (S = x_tile y_tile^T, rows r0.., columns
+// c0..); the column-owned pass calls it on S^T = y_tile x_tile^T with the roles of rows and columns swapped
+// (the rule (r + row_off) // row_div == (c + col_off) // col_div is symmetric). use_vec = false when the
+// column-side coefficients are all 0 (row-only cross-entropy: the column LSE is unspecified then).
 template <typename T>
-T tile_dz(T* S, int64_t lds, int64_t r0, int64_t mi, int64_t c0, int64_t nj, T scale, const T* lse_row,
-          const T* lse_col, const T* row_coef, const T* col_coef, T w_pos, int64_t row_off, int64_t row_div,
-          int64_t col_off, int64_t col_div, bool use_col) {
+T tile_dz(T* S, int64_t lds, int64_t r0, int64_t mi, int64_t c0, int64_t nj, T scale, const T* lse_r,
+          const T* lse_c, const T* coef_r, const T* coef_c, T w_pos, int64_t off_r, int64_t div_r, int64_t off_c,
+          int64_t div_c, bool use_scalar, bool use_vec) {
+  const int terms = use_vec ? (use_scalar ? kBoth : kVectorOnly) : kScalarOnly;
   T acc = 0;
   for (int64_t i = 0; i < mi; ++i) {
     T* s = S + i * lds;
     int64_t lo, hi;
-    positive_range((r0 + i + row_off) / row_div, col_off, col_div, c0, nj, &lo, &hi);
+    positive_range((r0 + i + off_r) / div_r, off_c, div_c, c0, nj, &lo, &hi);
     T pos_raw = 0;
     for (int64_t j = lo; j < hi; ++j) pos_raw += s[j];
-    acc += dz_row(s, nj, scale, row_coef[r0 + i], lse_row[r0 + i], col_coef + c0, lse_col + c0, use_col);
+    acc += dz_row(s, nj, scale, coef_r[r0 + i], lse_r[r0 + i], coef_c + c0, lse_c + c0, terms);
     for (int64_t j = lo; j < hi; ++j) s[j] -= w_pos;
     acc -= w_pos * pos_raw;
   }
@@ -389,10 +322,10 @@ void backward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int6
       std::fill(dxt, dxt + mi * d, T(0));
       for (int64_t c0 = 0; c0 < N; c0 += TN) {
         const int64_t nj = std::min(TN, N - c0);
-        tile_dots(x + r0 * ldx, ldx, y + c0 * ldy, ldy, mi, nj, d, S.data(), TN);
+        score_tile(x + r0 * ldx, ldx, mi, y + c0 * ldy, ldy, nj, d, S.data(), TN);
         part += static_cast<double>(tile_dz<T>(S.data(), TN, r0, mi, c0, nj, scale, lse_row, lse_col, row_coef,
-                                               col_coef, w_pos, row_off, row_div, col_off, col_div, use_col));
-        tile_grad<T>(S.data(), TN, mi, nj, y + c0 * ldy, ldy, dxt, d, d, false);
+                                               col_coef, w_pos, row_off, row_div, col_off, col_div, true, use_col));
+        gemm_acc(S.data(), TN, mi, nj, y + c0 * ldy, ldy, d, dxt, d);  // dx_tile += dZ_tile y_tile
       }
       for (int64_t k = 0; k < mi * d; ++k) dxt[k] *= scale;
     }
@@ -402,7 +335,7 @@ void backward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int6
   for (double p : dscale_part) ds += p;
   *dscale = static_cast<T>(ds);
 
-  // Column-owned pass: dy.
+  // Column-owned pass: dy, from the transposed tiles dZ^T (nj x mi, row stride TM).
   const int nt_cols = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(max_threads(), n_col_tiles)));
 #pragma omp parallel num_threads(nt_cols)
   {
@@ -414,10 +347,10 @@ void backward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int6
       std::fill(dyt, dyt + nj * d, T(0));
       for (int64_t r0 = 0; r0 < M; r0 += TM) {
         const int64_t mi = std::min(TM, M - r0);
-        tile_dots(x + r0 * ldx, ldx, y + c0 * ldy, ldy, mi, nj, d, S.data(), TN);
-        tile_dz<T>(S.data(), TN, r0, mi, c0, nj, scale, lse_row, lse_col, row_coef, col_coef, w_pos, row_off,
-                   row_div, col_off, col_div, use_col);
-        tile_grad<T>(S.data(), TN, mi, nj, x + r0 * ldx, ldx, dyt, d, d, true);
+        score_tile(y + c0 * ldy, ldy, nj, x + r0 * ldx, ldx, mi, d, S.data(), TM);
+        tile_dz<T>(S.data(), TM, c0, nj, r0, mi, scale, lse_col, lse_row, col_coef, row_coef, w_pos, col_off,
+                   col_div, row_off, row_div, use_col, true);
+        gemm_acc(S.data(), TM, nj, mi, x + r0 * ldx, ldx, d, dyt, d);  // dy_tile += dZ^T_tile x_tile
       }
       for (int64_t k = 0; k < nj * d; ++k) dyt[k] *= scale;
     }

@@ -1,8 +1,8 @@
 // CPU (C++17 + OpenMP) kernels of the similarity op family. Contract: docs/interop.md ("similarity").
 //
 // out[q, g] = <queries_q, gallery_g>, computed in QT x GT blocks (the (query tile, gallery tile) pairs are the
-// OpenMP work items; each block is written exactly once, no races). The block dot products reuse the tile
-// micro-kernel of contrastive.cpp (ccr::tile_dots).
+// OpenMP work items; each block is written exactly once, no races). Each block is one ccr::score_tile
+// (gemm_tile.h), the register-blocked tile shared by every CPU op family.
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -10,17 +10,12 @@
 #include <string>
 
 #include "common.h"
+#include "gemm_tile.h"
 
 namespace py = pybind11;
 using std::int64_t;
 
 namespace ccr {
-
-// Defined in contrastive.cpp: S[i*lds + j] = <x_i, y_j> for i < mi, j < nj.
-void tile_dots(const float* x, int64_t ldx, const float* y, int64_t ldy, int64_t mi, int64_t nj, int64_t d, float* S,
-               int64_t lds);
-void tile_dots(const double* x, int64_t ldx, const double* y, int64_t ldy, int64_t mi, int64_t nj, int64_t d,
-               double* S, int64_t lds);
 
 namespace {
 
@@ -36,8 +31,8 @@ void similarity_impl(const T* q, const T* g, int64_t Q, int64_t G, int64_t d, in
   for (int64_t bq = 0; bq < nq; ++bq)
     for (int64_t bg = 0; bg < ng; ++bg) {
       const int64_t q0 = bq * kTileQ, g0 = bg * kTileG;
-      tile_dots(q + q0 * ldq, ldq, g + g0 * ldg, ldg, std::min(kTileQ, Q - q0), std::min(kTileG, G - g0), d,
-                out + q0 * ldo + g0, ldo);
+      score_tile(q + q0 * ldq, ldq, std::min(kTileQ, Q - q0), g + g0 * ldg, ldg, std::min(kTileG, G - g0), d,
+                 out + q0 * ldo + g0, ldo);
     }
 }
 
