@@ -216,7 +216,8 @@ class CCRk(Method):
                 s_all = torch.cat([states[pos_t], states[pos_t], states[neg_t]])
                 m_all = torch.cat([m[pos_t], m[pos_t], m[neg_t]])
                 v_all = torch.cat([vh, vh[neg_i], vh])
-                logits = self.itm_logits(s_all, m_all, v_all)
+                width = int(m_all.sum(1).max())  # drop all-padding columns
+                logits = self.itm_logits(s_all[:, :width], m_all[:, :width], v_all)
                 labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
                 out["itm"] = F.cross_entropy(logits, labels)
             if c.w_mlm and c.mode == "pretrain":
@@ -242,6 +243,8 @@ class CCRk(Method):
         out = []
         for i in range(0, len(text_idx), batch_size):
             t, v = text_idx[i:i + batch_size], vis_idx[i:i + batch_size]
-            out.append(self.itm_logits(states[t], text_tok["attention_mask"][t], vh[v])[:, 1])
+            m = text_tok["attention_mask"][t]
+            width = int(m.sum(1).max())
+            out.append(self.itm_logits(states[t][:, :width], m[:, :width], vh[v])[:, 1])
         self.train(was)
         return torch.cat(out) if out else torch.zeros(0, device=self.device)
