@@ -1,8 +1,9 @@
 // CPU (C++17 + OpenMP) kernels of the target-rank counting op family. Contract: docs/interop.md ("ranks").
 //
 // rank(t) = #{c : s_c > s_t} + #{c : s_c == s_t and c < t}, for each valid target t (targets[q, :] padded with
-// -1). The target scores come from the same ccr::dot as the streamed gallery scores, so the target never
-// outranks itself. Counts are additive over the gallery: tasks are (query block x gallery split); with few
+// -1). The gallery scores of a query block come from ccr::score_tile (gemm_tile.h) one [kQueryBlock,
+// kGalleryBlock] tile at a time, the target scores from ccr::score_one, which has exactly the arithmetic of every
+// entry of a score_tile, so the target never outranks itself. Counts are additive over the gallery: tasks are (query block x gallery split); with few
 // queries the gallery is split across threads into a [splits, Q, T] count buffer that is summed afterwards.
 // Memory: O(Q T) (O(splits Q T) on the few-queries path) besides the inputs.
 #include <pybind11/pybind11.h>
@@ -12,7 +13,8 @@
 #include <vector>
 
 #include "common.h"
-#include "dot.h"
+#include "cpu_util.h"
+#include "gemm_tile.h"
 
 namespace py = pybind11;
 
@@ -20,8 +22,8 @@ namespace {
 
 using std::int64_t;
 
-constexpr int64_t kQueryBlock = 8;  // queries sharing one pass over a gallery block
-constexpr int64_t kGalleryBlock = 256;  // gallery rows per block: 256 * d * 4 B = 256 KiB at d = 256 (L2)
+constexpr int64_t kQueryBlock = 48;     // queries per task: rows of one score tile
+constexpr int64_t kGalleryBlock = 256;  // gallery rows per block = columns of one score tile
 
 template <typename T>
 void ranks_impl(const T* q, int64_t ldq, const T* g, int64_t ldg, int64_t Q, int64_t G, int64_t d,
@@ -38,7 +40,7 @@ void ranks_impl(const T* q, int64_t ldq, const T* g, int64_t ldg, int64_t Q, int
   for (int64_t i = 0; i < Q; ++i) {
     for (int64_t t = 0; t < T_; ++t) {
       const int64_t c = targets[i * T_ + t];
-      if (c >= 0) tscore[i * T_ + t] = ccr::dot(q + i * ldq, g + c * ldg, d);
+      if (c >= 0) tscore[i * T_ + t] = ccr::score_one(q + i * ldq, g + c * ldg, d);
     }
   }
   std::vector<int64_t> counts(static_cast<size_t>(splits) * Q * T_, 0);
@@ -50,25 +52,20 @@ void ranks_impl(const T* q, int64_t ldq, const T* g, int64_t ldg, int64_t Q, int
       const int64_t g0 = b0 * kGalleryBlock, g1 = std::min(G, b1 * kGalleryBlock);
       const int64_t q0 = qb * kQueryBlock, q1 = std::min(Q, q0 + kQueryBlock);
       int64_t* cnt = counts.data() + static_cast<size_t>(p) * Q * T_;
+      thread_local std::vector<T> tile;
+      tile.resize(static_cast<size_t>(kQueryBlock) * kGalleryBlock);
       for (int64_t c0 = g0; c0 < g1; c0 += kGalleryBlock) {
-        const int64_t c1 = std::min(g1, c0 + kGalleryBlock);
+        const int64_t nc = std::min(g1, c0 + kGalleryBlock) - c0;
+        ccr::score_tile(q + q0 * ldq, ldq, q1 - q0, g + c0 * ldg, ldg, nc, d, tile.data(), kGalleryBlock);
         for (int64_t i = q0; i < q1; ++i) {
-          const T* qi = q + i * ldq;
-          const int64_t* ti = targets + i * T_;
-          const T* si = tscore.data() + i * T_;
-          int64_t* ci = cnt + i * T_;
-          // dot4 gives per row exactly what dot gives (dot.h), so the target's own score compares equal
-          int64_t c = c0;
-          T sc[4];
-          for (; c + 4 <= c1; c += 4) {
-            ccr::dot4(qi, g + c * ldg, g + (c + 1) * ldg, g + (c + 2) * ldg, g + (c + 3) * ldg, d, sc);
-            for (int r = 0; r < 4; ++r) {
-              for (int64_t t = 0; t < T_; ++t) ci[t] += (sc[r] > si[t]) || (sc[r] == si[t] && c + r < ti[t]);
-            }
-          }
-          for (; c < c1; ++c) {
-            const T s = ccr::dot(qi, g + c * ldg, d);
-            for (int64_t t = 0; t < T_; ++t) ci[t] += (s > si[t]) || (s == si[t] && c < ti[t]);
+          const T* row = tile.data() + (i - q0) * kGalleryBlock;
+          for (int64_t t = 0; t < T_; ++t) {
+            const int64_t tt = targets[i * T_ + t];
+            if (tt < 0) continue;
+            const T st = tscore[i * T_ + t];
+            int64_t n = 0;
+            for (int64_t j = 0; j < nc; ++j) n += (row[j] > st) | ((row[j] == st) & (c0 + j < tt));
+            cnt[i * T_ + t] += n;
           }
         }
       }

@@ -2,7 +2,9 @@
 //
 // For each query a bounded heap of the k best (score, index) candidates lives directly in the output rows
 // (root = the worst kept candidate, so a candidate that is not better than the current k-th costs one
-// compare). The gallery is streamed in blocks of `block_size` rows; tasks are (query block x gallery split):
+// compare). The gallery is streamed in blocks of `block_size` rows; the scores of a query block against at
+// most kGalleryTile gallery rows at a time come from one ccr::score_tile (gemm_tile.h) into a per-thread
+// [kQueryBlock, kGalleryTile] buffer, then are offered to the heaps. Tasks are (query block x gallery split):
 // with many queries there is one split and threads own query blocks; with few queries (< 2 per thread) the
 // gallery is split across threads, each split keeps its own heaps in a [splits, Q, k] buffer, and a final
 // pass merges them. The order (score desc, index asc) is total, so the result does not depend on the split.
@@ -16,7 +18,8 @@
 #include <vector>
 
 #include "common.h"
-#include "dot.h"
+#include "cpu_util.h"
+#include "gemm_tile.h"
 
 namespace py = pybind11;
 
@@ -24,7 +27,8 @@ namespace {
 
 using std::int64_t;
 
-constexpr int64_t kQueryBlock = 8;  // queries sharing one pass over a gallery block (block reuse from L2)
+constexpr int64_t kQueryBlock = 48;    // queries per task: rows of one score tile (packing cost ~1/48 of it)
+constexpr int64_t kGalleryTile = 256;  // gallery rows per score tile: a 48 x 256 tile (48 KiB in float32)
 
 // Heap over external storage ordered by ccr::better: the root is the worst kept candidate.
 template <typename T>
@@ -109,18 +113,18 @@ void topk_impl(const T* q, int64_t ldq, const T* g, int64_t ldg, int64_t Q, int6
       int64_t* hi = splits > 1 ? tmp_i.data() + static_cast<size_t>(p) * Q * k : out_i;
       WorstHeap<T> heaps[kQueryBlock];
       for (int64_t i = q0; i < q1; ++i) heaps[i - q0] = WorstHeap<T>{hs + i * k, hi + i * k, 0, std::min(k, g1 - g0)};
+      thread_local std::vector<T> tile;
+      tile.resize(static_cast<size_t>(kQueryBlock) * kGalleryTile);
       for (int64_t c0 = g0; c0 < g1; c0 += block_size) {
         const int64_t c1 = std::min(g1, c0 + block_size);
-        for (int64_t i = q0; i < q1; ++i) {
-          const T* qi = q + i * ldq;
-          WorstHeap<T>& h = heaps[i - q0];
-          int64_t c = c0;
-          T sc[4];
-          for (; c + 4 <= c1; c += 4) {
-            ccr::dot4(qi, g + c * ldg, g + (c + 1) * ldg, g + (c + 2) * ldg, g + (c + 3) * ldg, d, sc);
-            for (int r = 0; r < 4; ++r) h.offer(sc[r], c + r);
+        for (int64_t t0 = c0; t0 < c1; t0 += kGalleryTile) {
+          const int64_t nt = std::min(kGalleryTile, c1 - t0);
+          ccr::score_tile(q + q0 * ldq, ldq, q1 - q0, g + t0 * ldg, ldg, nt, d, tile.data(), kGalleryTile);
+          for (int64_t i = q0; i < q1; ++i) {
+            const T* row = tile.data() + (i - q0) * kGalleryTile;
+            WorstHeap<T>& h = heaps[i - q0];
+            for (int64_t j = 0; j < nt; ++j) h.offer(row[j], t0 + j);
           }
-          for (; c < c1; ++c) h.offer(ccr::dot(qi, g + c * ldg, d), c);
         }
       }
       for (int64_t i = q0; i < q1; ++i) {

@@ -1,13 +1,16 @@
 // CPU (C++17 + OpenMP) kernels of the VSE++ triplet op family. Contract: docs/interop.md ("triplet").
 //
-// S[i,j] = b_i . a_j (B x B, never materialised), positives on the diagonal.
-// Forward: one pass over (row block x column tile) tasks; rows are owned by one thread (running max/argmax or
+// S[i,j] = b_i . a_j (B x B, never materialised), positives on the diagonal. Every score comes from
+// ccr::score_tile / ccr::score_one (gemm_tile.h): one arithmetic for all of them, position-independent and
+// symmetric (a_j . b_i == b_i . a_j bit for bit), so a hinge is active in the backward iff it was in the forward.
+// Forward: one pass over (row block x column tile) tasks, one score tile each; rows are owned by one thread (running max/argmax or
 // hinge sum), columns get per-thread partials merged afterwards in thread order (deterministic, no atomics).
 // Backward: every hinge is a coefficient W[i,j] on S[i,j]; with n[i] = active hinges whose positive is (i,i),
 //   db_i = sum_j W[i,j] a_j - g n[i] a_i,   da_j = sum_i W[i,j] b_i - g n[j] b_j.
 // Max-violation: W has at most 2B nonzeros (from the saved argmax indices); the scatter runs over feature
-// chunks so that threads never write the same memory. Sum of violations: two recompute passes, row-owned (db)
-// then column-owned (da).
+// chunks so that threads never write the same memory. Sum of violations: two recompute passes, row-owned
+// (db_tile += W_tile a_tile) then column-owned on the transposed tiles (da_tile += W^T_tile b_tile), both
+// rank-K updates by ccr::gemm_acc.
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -15,7 +18,8 @@
 #include <vector>
 
 #include "common.h"
-#include "dot.h"
+#include "cpu_util.h"
+#include "gemm_tile.h"
 
 namespace py = pybind11;
 
@@ -23,15 +27,15 @@ namespace {
 
 using std::int64_t;
 
-constexpr int64_t kRowBlock = 16;     // rows of b per task (row state lives on the stack)
-constexpr int64_t kColTile = 64;      // rows of a per tile: 64 * d * 4 B = 256 KiB at d = 1024, stays in L2
+constexpr int64_t kRowBlock = 48;     // rows of b per task = rows of one score tile (row state on the stack)
+constexpr int64_t kColTile = 128;     // rows of a per score tile: a 48 x 128 tile (24 KiB in float32)
 constexpr int64_t kFeatChunk = 64;    // feature columns per thread in the sparse max-violation scatter
 
 template <typename T>
 std::vector<T> diagonal(const T* a, int64_t lda, const T* b, int64_t ldb, int64_t B, int64_t d) {
   std::vector<T> diag(B);
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < B; ++i) diag[i] = ccr::dot(b + i * ldb, a + i * lda, d);
+  for (int64_t i = 0; i < B; ++i) diag[i] = ccr::score_one(b + i * ldb, a + i * lda, d);
   return diag;
 }
 
@@ -49,6 +53,7 @@ void forward(const T* a, int64_t lda, const T* b, int64_t ldb, int64_t B, int64_
     const int tid = ccr::omp_thread_id();
     T* cval = col_val.data() + static_cast<size_t>(tid) * B;
     int64_t* carg = col_arg.data() + static_cast<size_t>(tid) * B;
+    std::vector<T> tile(static_cast<size_t>(kRowBlock) * kColTile);
 #pragma omp for schedule(static)
     for (int64_t i0 = 0; i0 < B; i0 += kRowBlock) {
       const int64_t i1 = std::min(B, i0 + kRowBlock);
@@ -60,12 +65,13 @@ void forward(const T* a, int64_t lda, const T* b, int64_t ldb, int64_t B, int64_
       }
       for (int64_t j0 = 0; j0 < B; j0 += kColTile) {
         const int64_t j1 = std::min(B, j0 + kColTile);
+        ccr::score_tile(b + i0 * ldb, ldb, i1 - i0, a + j0 * lda, lda, j1 - j0, d, tile.data(), kColTile);
         for (int64_t i = i0; i < i1; ++i) {
-          const T* bi = b + i * ldb;
           const int64_t r = i - i0;
+          const T* srow = tile.data() + r * kColTile - j0;
           for (int64_t j = j0; j < j1; ++j) {
             if (j == i) continue;
-            const T s = ccr::dot(bi, a + j * lda, d);
+            const T s = srow[j];
             if (max_violation) {
               // j and i ascend, so a strict '>' keeps the lower index on ties; the first candidate always
               // initialises (a NaN score then yields a NaN cost, not a missing index).
@@ -132,8 +138,8 @@ void backward_max(const T* a, int64_t lda, const T* b, int64_t ldb, int64_t B, i
   std::vector<char> row_on(B), col_on(B);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < B; ++i) {
-    row_on[i] = margin + ccr::dot(b + i * ldb, a + row_idx[i] * lda, d) - diag[i] > T(0);
-    col_on[i] = margin + ccr::dot(b + col_idx[i] * ldb, a + i * lda, d) - diag[i] > T(0);
+    row_on[i] = margin + ccr::score_one(b + i * ldb, a + row_idx[i] * lda, d) - diag[i] > T(0);
+    col_on[i] = margin + ccr::score_one(b + col_idx[i] * ldb, a + i * lda, d) - diag[i] > T(0);
   }
   std::fill(da, da + B * d, T(0));
   std::fill(db, db + B * d, T(0));
@@ -168,47 +174,42 @@ void backward_sum(const T* a, int64_t lda, const T* b, int64_t ldb, int64_t B, i
                   T* db) {
   const std::vector<T> diag = diagonal(a, lda, b, ldb, B, d);
   std::vector<int64_t> n_row(B, 0), n_col(B, 0);  // active hinges whose positive is row i / column j
-  // Pass 1, row-owned: db_i = sum_j W[i,j] a_j.
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < B; ++i) {
-    const T* bi = b + i * ldb;
-    T* dbi = db + i * d;
-    std::fill(dbi, dbi + d, T(0));
-    int64_t active = 0;
-    for (int64_t j = 0; j < B; ++j) {
-      if (j == i) continue;
-      const T s = ccr::dot(bi, a + j * lda, d);
-      const bool on_row = margin + s - diag[i] > T(0);
-      const bool on_col = margin + s - diag[j] > T(0);
-      active += on_row;
-      const T w = g * T(int(on_row) + int(on_col));
-      if (w != T(0)) {
-        const T* aj = a + j * lda;
-        for (int64_t k = 0; k < d; ++k) dbi[k] += w * aj[k];
+  // Both passes walk (own block x other tile) score tiles; W = g * (on_row + on_col) off the diagonal, in place.
+  // own = b rows (pass 1: tile[i, j] = S[i, j], db += W a) or a rows (pass 2: tile[j, i] = S[i, j], da += W^T b).
+  for (int pass = 0; pass < 2; ++pass) {
+    const T* own = pass == 0 ? b : a;
+    const T* other = pass == 0 ? a : b;
+    const int64_t ld_own = pass == 0 ? ldb : lda, ld_other = pass == 0 ? lda : ldb;
+    T* grad = pass == 0 ? db : da;
+    int64_t* n_own = pass == 0 ? n_row.data() : n_col.data();
+#pragma omp parallel
+    {
+      std::vector<T> tile(static_cast<size_t>(kRowBlock) * kColTile);
+#pragma omp for schedule(static)
+      for (int64_t u0 = 0; u0 < B; u0 += kRowBlock) {
+        const int64_t u1 = std::min(B, u0 + kRowBlock);
+        std::fill(grad + u0 * d, grad + u1 * d, T(0));
+        for (int64_t v0 = 0; v0 < B; v0 += kColTile) {
+          const int64_t v1 = std::min(B, v0 + kColTile);
+          ccr::score_tile(own + u0 * ld_own, ld_own, u1 - u0, other + v0 * ld_other, ld_other, v1 - v0, d,
+                          tile.data(), kColTile);
+          for (int64_t u = u0; u < u1; ++u) {
+            T* w = tile.data() + (u - u0) * kColTile - v0;
+            int64_t active = 0;
+            for (int64_t v = v0; v < v1; ++v) {
+              // (i, j) = (u, v) in pass 1, (v, u) in pass 2; on_own is the hinge whose positive is (u, u)
+              const bool on_own = v != u && margin + w[v] - diag[u] > T(0);
+              const bool on_other = v != u && margin + w[v] - diag[v] > T(0);
+              active += on_own;
+              w[v] = g * T(int(on_own) + int(on_other));
+            }
+            n_own[u] += active;
+          }
+          ccr::gemm_acc(tile.data(), kColTile, u1 - u0, v1 - v0, other + v0 * ld_other, ld_other, d, grad + u0 * d,
+                        d);
+        }
       }
     }
-    n_row[i] = active;
-  }
-  // Pass 2, column-owned: da_j = sum_i W[i,j] b_i (same dot, same operands: same activity as pass 1).
-#pragma omp parallel for schedule(static)
-  for (int64_t j = 0; j < B; ++j) {
-    const T* aj = a + j * lda;
-    T* daj = da + j * d;
-    std::fill(daj, daj + d, T(0));
-    int64_t active = 0;
-    for (int64_t i = 0; i < B; ++i) {
-      if (i == j) continue;
-      const T s = ccr::dot(b + i * ldb, aj, d);
-      const bool on_row = margin + s - diag[i] > T(0);
-      const bool on_col = margin + s - diag[j] > T(0);
-      active += on_col;
-      const T w = g * T(int(on_row) + int(on_col));
-      if (w != T(0)) {
-        const T* bi = b + i * ldb;
-        for (int64_t k = 0; k < d; ++k) daj[k] += w * bi[k];
-      }
-    }
-    n_col[j] = active;
   }
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < B; ++i) {
