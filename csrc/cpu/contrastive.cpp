@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -65,9 +66,10 @@ inline int max_threads() {
 // is far below the rounding of any sum that also holds exp(0) = 1.
 // float: 2^n * p(r) with n = round(x log2 e), r = x - n ln 2 (Cody-Waite split), p the degree-7 Taylor
 // polynomial (|r| <= ln2/2 -> truncation error < 5e-9, under half an ulp). double: std::exp.
-#pragma omp declare simd notinbranch
-inline float fast_exp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
+// Always inlined, so that the vectoriser expands it inside each (AVX2 / baseline) clone of the loops below.
+inline __attribute__((always_inline)) float fast_exp(float x) {
+  x = x < -87.0f ? -87.0f : x;  // NaN passes both clamps (as with std::min/max); plain selects vectorise
+  x = x > 88.0f ? 88.0f : x;
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
   const float t = x * 1.44269504088896341f + shifter;
   const float n = t - shifter;
@@ -80,10 +82,53 @@ inline float fast_exp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const std::int32_t ni = __builtin_bit_cast(std::int32_t, t) - __builtin_bit_cast(std::int32_t, shifter);
-  return p * __builtin_bit_cast(float, (ni + 127) << 23);
+  std::int32_t ti, si;
+  std::memcpy(&ti, &t, 4);
+  std::memcpy(&si, &shifter, 4);
+  const std::int32_t bits = (ti - si + 127) << 23;  // 2^n
+  float two_n;
+  std::memcpy(&two_n, &bits, 4);
+  return p * two_n;
 }
-inline double fast_exp(double x) { return std::exp(std::min(std::max(x, -708.0), 709.0)); }
+
+// The float loops below run 8 lanes at a time on GCC vector extensions (vector bit casts are free, unlike the
+// scalar memcpy, which stops the vectoriser); the same code becomes AVX2 or SSE2 in the two clones.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"  // internal, always-inlined helpers: the vector-argument ABI never applies
+#endif
+typedef float v8f __attribute__((vector_size(32)));
+typedef std::int32_t v8i __attribute__((vector_size(32)));
+inline __attribute__((always_inline)) v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline __attribute__((always_inline)) void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+inline __attribute__((always_inline)) v8f bcast8(float a) { return v8f{} + a; }
+inline __attribute__((always_inline)) float hsum8(v8f v) {
+  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+// fast_exp(float) on 8 lanes, the same formula.
+inline __attribute__((always_inline)) v8f fast_exp(v8f x) {
+  const v8f lo = bcast8(-87.0f), hi = bcast8(88.0f), shifter = bcast8(12582912.0f);
+  x = x < lo ? lo : x;  // NaN lanes pass both clamps
+  x = x > hi ? hi : x;
+  const v8f t = x * 1.44269504088896341f + shifter;
+  const v8f n = t - shifter;
+  const v8f r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+  v8f p = bcast8(1.0f / 5040.0f);
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const v8i bits = ((v8i)t - (v8i)shifter + 127) << 23;  // 2^n
+  return p * (v8f)bits;
+}
+
+inline __attribute__((always_inline)) double fast_exp(double x) { return std::exp(std::min(std::max(x, -708.0), 709.0)); }
 
 // Positive columns of a row with key g, clipped to the tile [c0, c0 + nj): local indices [lo, hi).
 inline void positive_range(int64_t g, int64_t col_off, int64_t col_div, int64_t c0, int64_t nj, int64_t* lo,
@@ -110,6 +155,7 @@ void check_common(int64_t M, int64_t N, int64_t d, int64_t ldx, int64_t ldy, int
 }
 
 // Hot loops of the softmax parts, compiled for AVX2+FMA and the baseline ISA (picked at load time).
+//   scale_max:  z[j] *= scale in place, returns max(m, max_j z[j])
 //   exp_sum:    sum_j exp(z[j] - m)
 //   col_update: online (max, sum-exp) of the columns of one tile S (mi x nj), vectorised across columns
 //   dz_row:     s[j] <- rc*exp(scale*s[j] - lr) + cc[j]*exp(scale*s[j] - lc[j]), returns sum_j s_new[j] * s_old[j]
@@ -117,11 +163,43 @@ void check_common(int64_t M, int64_t N, int64_t d, int64_t ldx, int64_t ldy, int
 //               kVectorOnly (rc == 0). The row-owned pass calls it on rows of dZ (rc, lr = row coefficient and
 //               LSE), the column-owned pass on rows of dZ^T (rc, lr = the column's).
 template <typename T>
+inline __attribute__((always_inline)) T scale_max_body(T* z, int64_t n, T scale, T m) {
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) {
+    z[j] *= scale;
+    m = m < z[j] ? z[j] : m;
+  }
+  return m;
+}
+
+template <typename T>
 inline __attribute__((always_inline)) T exp_sum_body(const T* z, int64_t n, T m) {
   T s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < n; ++j) s += fast_exp(z[j] - m);
   return s;
+}
+
+inline __attribute__((always_inline)) float exp_sum_body(const float* z, int64_t n, float m) {
+  const v8f mv = bcast8(m);
+  v8f acc = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) acc += fast_exp(load8(z + j) - mv);
+  float s = hsum8(acc);
+  for (; j < n; ++j) s += fast_exp(z[j] - m);
+  return s;
+}
+
+// csum[j] += exp(s[j] - cmax[j]), j < n.
+template <typename T>
+inline __attribute__((always_inline)) void add_exp_diff(T* csum, const T* s, const T* cmax, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) csum[j] += fast_exp(s[j] - cmax[j]);
+}
+inline __attribute__((always_inline)) void add_exp_diff(float* csum, const float* s, const float* cmax, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) store8(csum + j, load8(csum + j) + fast_exp(load8(s + j) - load8(cmax + j)));
+  for (; j < n; ++j) csum[j] += fast_exp(s[j] - cmax[j]);
 }
 
 template <typename T>
@@ -131,17 +209,13 @@ inline __attribute__((always_inline)) void col_update_body(const T* S, int64_t l
   for (int64_t i = 0; i < mi; ++i) {
     const T* si = S + i * lds;
 #pragma omp simd
-    for (int64_t j = 0; j < nj; ++j) scratch[j] = std::max(scratch[j], si[j]);
+    for (int64_t j = 0; j < nj; ++j) scratch[j] = scratch[j] < si[j] ? si[j] : scratch[j];
   }
   for (int64_t j = 0; j < nj; ++j) {
     csum[j] *= std::exp(cmax[j] - scratch[j]);  // exp(-inf) = 0 on a column's first tile
     cmax[j] = scratch[j];
   }
-  for (int64_t i = 0; i < mi; ++i) {
-    const T* si = S + i * lds;
-#pragma omp simd
-    for (int64_t j = 0; j < nj; ++j) csum[j] += fast_exp(si[j] - cmax[j]);
-  }
+  for (int64_t i = 0; i < mi; ++i) add_exp_diff(csum, S + i * lds, cmax, nj);
 }
 
 enum DzTerms : int { kBoth = 0, kScalarOnly = 1, kVectorOnly = 2 };
@@ -178,7 +252,42 @@ inline __attribute__((always_inline)) T dz_row_body(T* s, int64_t nj, T scale, T
   return acc;
 }
 
+inline __attribute__((always_inline)) float dz_row_body(float* s, int64_t nj, float scale, float rc, float lr,
+                                                        const float* cc, const float* lc, int terms) {
+  const v8f sv = bcast8(scale), rcv = bcast8(rc), lrv = bcast8(lr);
+  v8f acc8 = {};
+  int64_t j = 0;
+  for (; j + 8 <= nj; j += 8) {
+    const v8f raw = load8(s + j), z = sv * raw;
+    v8f g;
+    if (terms == kBoth)
+      g = rcv * fast_exp(z - lrv) + load8(cc + j) * fast_exp(z - load8(lc + j));
+    else if (terms == kScalarOnly)
+      g = rcv * fast_exp(z - lrv);
+    else
+      g = load8(cc + j) * fast_exp(z - load8(lc + j));
+    store8(s + j, g);
+    acc8 += g * raw;
+  }
+  float acc = hsum8(acc8);
+  for (; j < nj; ++j) {
+    const float raw = s[j], z = scale * raw;
+    float g;
+    if (terms == kBoth)
+      g = rc * fast_exp(z - lr) + cc[j] * fast_exp(z - lc[j]);
+    else if (terms == kScalarOnly)
+      g = rc * fast_exp(z - lr);
+    else
+      g = cc[j] * fast_exp(z - lc[j]);
+    s[j] = g;
+    acc += g * raw;
+  }
+  return acc;
+}
+
 #define CCR_CLONES __attribute__((target_clones("arch=haswell", "default")))
+CCR_CLONES float scale_max(float* z, int64_t n, float scale, float m) { return scale_max_body(z, n, scale, m); }
+CCR_CLONES double scale_max(double* z, int64_t n, double scale, double m) { return scale_max_body(z, n, scale, m); }
 CCR_CLONES float exp_sum(const float* z, int64_t n, float m) { return exp_sum_body(z, n, m); }
 CCR_CLONES double exp_sum(const double* z, int64_t n, double m) { return exp_sum_body(z, n, m); }
 CCR_CLONES void col_update(const float* S, int64_t lds, int64_t mi, int64_t nj, float* cmax, float* csum,
@@ -231,11 +340,7 @@ void forward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int64
         score_tile(x + r0 * ldx, ldx, mi, y + c0 * ldy, ldy, nj, d, S.data(), TN);
         for (int64_t i = 0; i < mi; ++i) {
           T* z = S.data() + i * TN;
-          T m = rmax[i];
-          for (int64_t j = 0; j < nj; ++j) {
-            z[j] *= scale;
-            m = std::max(m, z[j]);
-          }
+          const T m = scale_max(z, nj, scale, rmax[i]);
           rsum[i] = rsum[i] * std::exp(rmax[i] - m) + exp_sum(z, nj, m);  // exp(-inf) = 0 on the first tile
           rmax[i] = m;
           int64_t lo, hi;
