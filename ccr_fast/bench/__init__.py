@@ -30,8 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default=None, help="comma list of ccr_fast backends (default: usable ones)")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per provider at most")
     p.add_argument("--max-seconds", type=float, default=8.0, help="timing budget per configuration")
-    p.add_argument("--max-call-seconds", type=float, default=10.0,
-                   help="losses: a provider slower than this per call is not run at larger B")
+    p.add_argument("--max-call-seconds", type=float, default=5.0,
+                   help="a provider slower than this per call is not run at the next larger B / G")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     return p
 
@@ -98,7 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             payload = losses.run(device, with_compile=not (args.quick or args.no_compile), dtypes=dtypes,
                                  max_call_seconds=args.max_call_seconds, **common)
         elif suite == "retrieval":
-            payload = retrieval.run(device, **common)
+            payload = retrieval.run(device, max_call_seconds=args.max_call_seconds, **common)
         else:
             payload = training.run(device, **common)
         payload["skipped"] = {**skipped_backends, **payload["skipped"]}

@@ -187,7 +187,7 @@ def sweep_configs(device: torch.device, quick: bool) -> Dict[str, List[dict]]:
 
 
 def run(device: torch.device, *, quick: bool, backends: List[str], reps: int = 5, max_seconds: float = 8.0,
-        log=print) -> dict:
+        max_call_seconds: float = 5.0, log=print) -> dict:
     """Run the retrieval sweep; returns the suite's JSON payload."""
     gen = torch.Generator().manual_seed(0)
     records, skipped_all = [], {}
@@ -201,6 +201,22 @@ def run(device: torch.device, *, quick: bool, backends: List[str], reps: int = 5
                 skipped_all[name] = why
                 log(f"  [retrieval] skip {name}: {why}")
 
+    slow = set()  # (op, k, provider) slower than max_call_seconds at a smaller G: not run at larger G
+
+    def measure(op, cfg, providers, base):
+        dropped = []
+        for name in [n for n in providers if (op, cfg.get("k"), n) in slow]:
+            providers.pop(name)
+            dropped.append({"op": op, **cfg, "provider": name, "status": "skipped", "time_ms": None,
+                            "mem_bytes": None, "note": f"slower than {max_call_seconds:g} s per call at a smaller G "
+                                                      "(time budget)"})
+        agree = _agreement(providers, base)
+        res = harness.measure(providers, device, **kw)
+        for name, r in res.items():
+            if r["time_ms"] and r["time_ms"]["median"] > 1e3 * max_call_seconds and name != base:
+                slow.add((op, cfg.get("k"), name))  # the baseline always runs (the ratios need it)
+        return res, dropped, agree
+
     galleries = {}
     for cfg in points["topk"] + points["ranks"]:
         key = (cfg["G"], cfg["d"])
@@ -213,8 +229,8 @@ def run(device: torch.device, *, quick: bool, backends: List[str], reps: int = 5
                                                              gen))
         providers, skipped = topk_providers(q, g, cfg["k"], device, backends)
         note_skips(skipped)
-        agree = _agreement(providers, "torch_chunked")
-        res = harness.measure(providers, device, **kw)
+        res, dropped, agree = measure("topk", cfg, providers, "torch_chunked")
+        records += dropped
         records += _records("topk", cfg, res, 2.0 * cfg["Q"] * cfg["G"] * cfg["d"], agree)
         _log_point(log, "topk", cfg, res)
     for cfg in points["ranks"]:
@@ -224,8 +240,8 @@ def run(device: torch.device, *, quick: bool, backends: List[str], reps: int = 5
         targets = torch.randint(0, cfg["G"], (cfg["Q"],), generator=gen).to(device)
         providers, skipped = ranks_providers(q, g, targets, backends)
         note_skips(skipped)
-        agree = _agreement(providers, "torch_chunked")
-        res = harness.measure(providers, device, **kw)
+        res, dropped, agree = measure("ranks", cfg, providers, "torch_chunked")
+        records += dropped
         records += _records("ranks", cfg, res, 2.0 * cfg["Q"] * cfg["G"] * cfg["d"], agree)
         _log_point(log, "ranks", cfg, res)
     del galleries, queries
@@ -238,8 +254,8 @@ def run(device: torch.device, *, quick: bool, backends: List[str], reps: int = 5
         text = text.to(visual.dtype)
         providers, skipped = eval_providers(text, visual, t2v, backends)
         note_skips(skipped)
-        agree = _agreement(providers, "torch_full")
-        res = harness.measure(providers, device, **kw)
+        res, dropped, agree = measure("eval", cfg, providers, "torch_full")
+        records += dropped
         records += _records("eval", cfg, res, 2.0 * n * c * d, agree)
         _log_point(log, "eval", cfg, res)
     for r in records:  # the plain-torch way is the baseline of every retrieval ratio
