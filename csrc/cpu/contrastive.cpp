@@ -10,17 +10,22 @@
 //     partials are merged in thread order after the parallel loop (deterministic for a fixed thread count);
 //   * pos_row / pos_col: the positives of a row form one contiguous column range (the positive rule is
 //     monotone in c), so only that range is visited; pos_col uses per-thread partial sums like the column LSE.
-// Backward (two passes, no atomics, no races):
+// Backward, fused (default when the [threads - 1, N, d] dy partials fit 256 MiB): one row-owned pass recomputes
+// each tile once, forms dZ, dx_tile += dZ y_tile and the thread's own dy partial += dZ^T x_tile; the partials
+// are summed in thread order afterwards (deterministic for a fixed thread count). Otherwise two passes (no
+// atomics, no races):
 //   * row-owned pass (grid = row tiles): recompute the tile, form dZ, dx[r] += dZ[r,:] y, and the per-thread
 //     partial sums of dZ * (x y^T) for dscale;
 //   * column-owned pass (grid = column tiles): recompute the tile transposed (S^T = y_tile x_tile^T), form
 //     dZ^T row by row, dy_tile += dZ^T x_tile.
-// Memory: O((M + N) * d) for inputs/outputs plus O(threads * (N + TM*TN)) workspace.
+// Memory: O((M + N) * d) for inputs/outputs plus O(threads * (N + TM*TN)) workspace (+ the fused backward's
+// dy partials, at most 256 MiB).
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -404,6 +409,13 @@ T tile_dz(T* S, int64_t lds, int64_t r0, int64_t mi, int64_t c0, int64_t nj, T s
   return acc;
 }
 
+// Budget for the fused backward's per-thread dy partials: 256 MiB, or CCR_FAST_CPU_BWD_WORKSPACE_MB (0 forces
+// the two-pass backward).
+double fused_workspace_bytes() {
+  const char* env = std::getenv("CCR_FAST_CPU_BWD_WORKSPACE_MB");
+  return (env != nullptr && env[0] != '\0') ? std::atof(env) * 1048576.0 : 256.0 * 1048576.0;
+}
+
 template <typename T>
 void backward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int64_t ldx, int64_t ldy, T scale,
                    const T* lse_row, const T* lse_col, const T* row_coef, const T* col_coef, T w_pos,
@@ -413,12 +425,19 @@ void backward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int6
   const int nt_rows = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(max_threads(), n_row_tiles)));
   std::vector<double> dscale_part(nt_rows, 0.0);
   const bool use_col = std::any_of(col_coef, col_coef + N, [](T c) { return c != T(0); });
+  // Fused single pass when the per-thread dy partials fit the workspace budget (thread 0 accumulates into dy).
+  const size_t dy_elems = static_cast<size_t>(N) * d;
+  const double budget = fused_workspace_bytes();
+  const bool fused = budget > 0 && static_cast<double>(nt_rows - 1) * dy_elems * sizeof(T) <= budget;
+  std::vector<T> dy_part(fused ? (nt_rows - 1) * dy_elems : 0, T(0));
+  if (fused) std::fill(dy, dy + dy_elems, T(0));
 
-  // Row-owned pass: dx and the dscale partials.
+  // Row-owned pass: dx, the dscale partials and, when fused, the per-thread dy partials.
 #pragma omp parallel num_threads(nt_rows)
   {
     const int tid = thread_id();
-    std::vector<T> S(static_cast<size_t>(TM) * TN);
+    std::vector<T> S(static_cast<size_t>(TM) * TN), St(fused ? static_cast<size_t>(TN) * TM : 0);
+    T* my_dy = tid == 0 ? dy : dy_part.data() + (fused ? (tid - 1) * dy_elems : 0);
     double part = 0.0;
 #pragma omp for schedule(static)
     for (int64_t rt = 0; rt < n_row_tiles; ++rt) {
@@ -431,15 +450,32 @@ void backward_impl(const T* x, const T* y, int64_t M, int64_t N, int64_t d, int6
         part += static_cast<double>(tile_dz<T>(S.data(), TN, r0, mi, c0, nj, scale, lse_row, lse_col, row_coef,
                                                col_coef, w_pos, row_off, row_div, col_off, col_div, true, use_col));
         gemm_acc(S.data(), TN, mi, nj, y + c0 * ldy, ldy, d, dxt, d);  // dx_tile += dZ_tile y_tile
+        if (fused) {  // my_dy_tile += dZ_tile^T x_tile
+          for (int64_t i = 0; i < mi; ++i)
+            for (int64_t j = 0; j < nj; ++j) St[j * TM + i] = S[i * TN + j];
+          gemm_acc(St.data(), TM, nj, mi, x + r0 * ldx, ldx, d, my_dy + c0 * d, d);
+        }
       }
       for (int64_t k = 0; k < mi * d; ++k) dxt[k] *= scale;
     }
     dscale_part[tid] = part;
   }
+  if (fused) {  // dy = scale * (thread 0's + thread 1's + ...), in thread order
+#pragma omp parallel for schedule(static) num_threads(nt_rows)
+    for (int64_t c = 0; c < N; ++c) {
+      T* dyc = dy + c * d;
+      for (int t = 0; t + 1 < nt_rows; ++t) {
+        const T* pc = dy_part.data() + t * dy_elems + c * d;
+        for (int64_t k = 0; k < d; ++k) dyc[k] += pc[k];
+      }
+      for (int64_t k = 0; k < d; ++k) dyc[k] *= scale;
+    }
+  }
   double ds = 0.0;
   for (double p : dscale_part) ds += p;
   *dscale = static_cast<T>(ds);
 
+  if (fused) return;
   // Column-owned pass: dy, from the transposed tiles dZ^T (nj x mi, row stride TM).
   const int nt_cols = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(max_threads(), n_col_tiles)));
 #pragma omp parallel num_threads(nt_cols)
