@@ -1,18 +1,21 @@
-"""Evaluation: per-language retrieval metrics of a trained method (and ``evaluate(checkpoint)``).
+"""Evaluation of a trained method (and ``evaluate(checkpoint)``) on :class:`ccr_fast.data.EvalSet` s.
 
-For each evaluation set (one language: N captions, G visual items, ``text_to_visual``) the method encodes both
-sides; the score matrix is the cosine ``T Vᵀ`` — fused with the MT-to-English query's scores for NRCCR
-(``metrics.fuse_scores``; translate-test) or, for CCR^k, re-ranked: the top ``k_test`` ITC candidates of each
-query (``retrieval.topk``) are re-scored by the ITM head and placed above every non-candidate. Ranks use the
-stable order (ties → lower index first); metrics come from ``ccr_fast.metrics.retrieval_metrics``. When every
-language has exactly one caption per item, MRV (``metrics.mean_rank_variance``, population std of the per-language
-0-based ranks, averaged over items) is reported for text→visual (``mrv_t2v``), visual→text (``mrv_v2t``) and
-their mean (``mrv``).
+One path for every method: the eval sets come from :func:`ccr_fast.data.make_eval_sets` and the metrics from
+:func:`ccr_fast.eval.evaluate_encoders` (full-gallery stable ranks, ``ccr_fast.metrics.retrieval_metrics`` keys,
+MRV where every language has one caption per item). NRCCR is scored with translate-test fusion
+(``nrccr.fusion_weight`` on the English-MT query) wherever a set carries ``queries_mt``; those fused metrics are the
+reported ones and the unfused ones stay under ``"direct"``.
+
+CCR^k with ``ccrk.k_test > 0`` is two-stage: the top ``k_test`` ITC candidates of each query
+(``retrieval.topk``) are re-scored by the ITM head and placed above every non-candidate (:func:`rerank_scores`);
+ranks and metrics then use the same helpers (``ranks_from_scores`` → ``retrieval_metrics``, MRV as the eval
+layer). ``ccrk.k_test = 0`` ranks by ITC cosine alone (the default; see ``docs/results.md``).
+
+The returned (flat) metrics dict: ``{lang: {metric: float}}`` per language, the mean over languages of every
+metric at the top level, ``"languages"``, and ``"mrv"``, ``"mrv_t2v"``, ``"mrv_v2t"`` when defined.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -20,40 +23,20 @@ import torch
 
 from . import metrics as M
 from . import retrieval as R
+from .data import EvalSet, make_eval_sets
+from .eval import encode_in_batches, evaluate_encoders
+from .eval.evaluator import _mrv
 
-
-@dataclass
-class EvalSet:
-    """One language's retrieval test: ``texts[q]`` describes visual item ``text_to_visual[q]`` of ``features``.
-
-    ``translations``: the MT of each text into English (NRCCR translate-test), or None.
-    """
-
-    lang: str
-    texts: List[str]
-    text_to_visual: np.ndarray
-    features: np.ndarray
-    translations: Optional[List[str]] = None
+__all__ = ["EvalSet", "eval_sets_from_data", "evaluate_method", "evaluate", "format_metrics", "ranks_from_scores",
+           "rerank_scores", "metrics_from_scores"]
 
 
 def eval_sets_from_data(data, languages: Sequence[str]) -> List[EvalSet]:
     """Eval sets of a :class:`ccr_fast.data.CCRData` for ``languages`` (all captions of each item)."""
-    sets = []
-    for lang in languages:
-        if lang not in data.captions:
-            raise ValueError(f"languages: {lang!r} not in the data (has {sorted(data.captions)})")
-        texts, owner = [], []
-        for i, caps in enumerate(data.captions[lang]):
-            texts.extend(caps)
-            owner.extend([i] * len(caps))
-        trans = None
-        tag = f"{lang}2en"
-        if lang != "en" and tag in data.translations:
-            trans = [t for caps in data.translations[tag] for t in caps]
-            if len(trans) != len(texts):
-                trans = None
-        sets.append(EvalSet(lang, texts, np.asarray(owner, dtype=np.int64), np.asarray(data.features), trans))
-    return sets
+    missing = [lang for lang in languages if lang not in data.captions]
+    if missing:
+        raise ValueError(f"languages: {missing} not in the data (has {sorted(data.captions)})")
+    return make_eval_sets(data, list(languages))
 
 
 def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -82,81 +65,127 @@ def rerank_scores(scores: torch.Tensor, cand: torch.Tensor, pair_scores_fn, tran
 def metrics_from_scores(scores: torch.Tensor, text_to_visual: torch.Tensor, v2t_scores: Optional[torch.Tensor] = None):
     """Retrieval metrics and the rank arrays from a text×visual score matrix.
 
-    Returns ``(metrics, t2v_ranks [Q], v2t_best_ranks [G_with_captions])``. ``v2t_scores`` (visual×text) defaults
-    to ``scores.T``.
+    Args:
+        scores: ``[Q, G]`` text→visual scores.
+        text_to_visual: ``[Q]`` int64 gallery row of each text.
+        v2t_scores: ``[G, Q]`` visual→text scores (default ``scores.T``).
+    Returns:
+        ``(metrics, t2v_ranks [Q], v2t_best_ranks [G'])`` over the G' items that have captions.
     """
     t2v = ranks_from_scores(scores, text_to_visual)
     vs = scores.t() if v2t_scores is None else v2t_scores
-    g = vs.shape[0]
     items = torch.unique(text_to_visual)
-    all_ranks, best = [], []
+    all_ranks = []
     for item in items.tolist():
         caps = torch.nonzero(text_to_visual == item).view(-1)
-        r = torch.stack([ranks_from_scores(vs[item:item + 1], c.view(1))[0] for c in caps])
-        all_ranks.append(r)
-        best.append(r.min())
-    best_t = torch.stack(best)
-    width = max(len(r) for r in all_ranks)
-    padded = torch.full((len(all_ranks), width), -1, dtype=torch.long)
-    for i, r in enumerate(all_ranks):
-        padded[i, : len(r)] = r
-    met = {k: float(v) for k, v in M.retrieval_metrics(t2v, best_t, v2t_all_ranks=padded).items()}
+        all_ranks.append(ranks_from_scores(vs[item:item + 1].expand(len(caps), -1), caps))
+    best = torch.stack([r.min() for r in all_ranks])
+    met = {k: float(v) for k, v in M.retrieval_metrics(t2v, best, v2t_all_ranks=all_ranks).items()}
     met["t2v_sumr"] = met["t2v_r1"] + met["t2v_r5"] + met["t2v_r10"]  # NRCCR's validation score
-    return met, t2v, best_t
+    return met, t2v, best
+
+
+def _rerank_results(method, sets: Sequence[EvalSet], batch_size: int) -> dict:
+    """CCR^k two-stage scorer: ITC top-k → ITM re-rank; a result dict shaped like ``evaluate_encoders``'."""
+    galleries: Dict[int, torch.Tensor] = {}
+    res: dict = {"languages": [s.lang for s in sets], "per_language": {}, "folds": 1}
+    one_per_item = {}
+    for es in sets:
+        key = id(es.gallery)
+        if key not in galleries:
+            galleries[key] = encode_in_batches(method.encode_visual, es.gallery, batch_size, "encode_visual").cpu()
+        vis = galleries[key]
+        txt = encode_in_batches(method.encode_text, list(es.queries), batch_size, "encode_text").cpu()
+        tok = method.tokenize(list(es.queries))
+        feats = torch.as_tensor(np.asarray(es.gallery, dtype=np.float32), device=method.device)
+
+        def pair_fn(t_idx, v_idx):
+            return method.itm_scores(tok, feats, t_idx.to(method.device), v_idx.to(method.device)).cpu()
+
+        k = max(1, min(method.cfg.ccrk.k_test, len(es.queries), len(vis)))
+        _, cand_t2v = R.topk(txt, vis, min(k, len(vis)))
+        _, cand_v2t = R.topk(vis, txt, min(k, len(es.queries)))
+        scores = R.similarity(txt, vis)
+        v2t = rerank_scores(scores.t().contiguous(), cand_v2t, pair_fn, transpose=True)
+        scores = rerank_scores(scores, cand_t2v, pair_fn)
+        qi = torch.as_tensor(es.query_item, dtype=torch.long)
+        met, r_t2v, r_v2t = metrics_from_scores(scores, qi, v2t)
+        res["per_language"][es.lang] = met
+        if np.array_equal(np.sort(es.query_item), np.arange(len(vis))):
+            best = np.full(len(vis), -1, dtype=np.int64)
+            best[torch.unique(qi).numpy()] = r_v2t.numpy()
+            one_per_item[es.lang] = (key, np.asarray(es.query_item), r_t2v.numpy(), best)
+    res["mean"] = {k: float(np.mean([m[k] for m in res["per_language"].values()]))
+                   for k in next(iter(res["per_language"].values()))}
+    mrv = _mrv(one_per_item, None)
+    if mrv is not None:
+        res["mrv"] = mrv
+    return res
+
+
+def _add_t2v_sumr(m: dict) -> dict:
+    m = dict(m)
+    m["t2v_sumr"] = m["t2v_r1"] + m["t2v_r5"] + m["t2v_r10"]  # NRCCR's validation score
+    return m
+
+
+def flat_metrics(results: dict) -> Dict[str, object]:
+    """The train/evaluate metrics dict (see the module docstring) from an ``evaluate_encoders``-shaped result."""
+    langs = list(results["languages"])
+    fused = results.get("fused", {})
+    out: Dict[str, object] = {"languages": langs}
+    for lang in langs:
+        out[lang] = _add_t2v_sumr(fused.get(lang, results["per_language"][lang]))
+    for key in out[langs[0]]:
+        out[key] = float(np.mean([out[lang][key] for lang in langs]))
+    if fused:
+        out["fusion_weight"] = results["fusion_weight"]
+        out["direct"] = {lang: _add_t2v_sumr(m) for lang, m in results["per_language"].items()}
+    if "mrv" in results:
+        out["mrv"] = float(results["mrv"]["mean"])
+        out["mrv_t2v"] = float(results["mrv"]["t2v"])
+        out["mrv_v2t"] = float(results["mrv"]["v2t"])
+    return out
 
 
 @torch.no_grad()
-def evaluate_method(method, eval_sets: Sequence[EvalSet], batch_size: int = 128) -> Dict[str, object]:
-    """Metrics per language (nested under the language), their mean (top-level keys) and MRV where defined."""
-    out: Dict[str, object] = {}
-    t2v_all, v2t_all = [], []
-    one_each = True
-    for es in eval_sets:
-        tv = torch.as_tensor(es.text_to_visual, dtype=torch.long)
-        vis = method.encode_visual(es.features, batch_size=batch_size).cpu()
-        txt = method.encode_text(es.texts, es.lang, batch_size=batch_size).cpu()
-        scores = R.similarity(txt, vis)
-        v2t = None
-        w = getattr(method, "translate_test_weight", None)
-        if w is not None and es.translations is not None:
-            en = method.encode_text(es.translations, "en", batch_size=batch_size).cpu()
-            scores = M.fuse_scores(R.similarity(en, vis), scores, w)
-        if hasattr(method, "itm_scores") and method.cfg.ccrk.k_test > 0:
-            tok = method.tokenize(es.texts)
-            feats = torch.as_tensor(np.asarray(es.features, dtype=np.float32), device=method.device)
+def evaluate_method(method, eval_sets: Sequence[EvalSet], batch_size: int = 128,
+                    k_test: Optional[int] = None) -> Dict[str, object]:
+    """Metrics of ``method`` on ``eval_sets`` (one per language); see the module docstring for the keys.
 
-            def pair_fn(t_idx, v_idx):
-                return method.itm_scores(tok, feats, t_idx.to(method.device), v_idx.to(method.device)).cpu()
-
-            k = min(method.cfg.ccrk.k_test, len(es.texts), len(vis))
-            _, cand_t2v = R.topk(txt, vis, min(k, len(vis)))
-            _, cand_v2t = R.topk(vis, txt, min(k, len(es.texts)))
-            v2t = rerank_scores(scores.t().contiguous(), cand_v2t, pair_fn, transpose=True)
-            scores = rerank_scores(scores, cand_t2v, pair_fn)
-        met, r_t2v, r_v2t = metrics_from_scores(scores, tv, v2t)
-        out[es.lang] = met
-        one_each = one_each and len(es.texts) == len(es.features) and bool((tv == torch.arange(len(tv))).all())
-        t2v_all.append(r_t2v)
-        v2t_all.append(r_v2t)
-    langs = [es.lang for es in eval_sets]
-    if langs:
-        for key in out[langs[0]]:
-            out[key] = float(np.mean([out[l][key] for l in langs]))
-    if one_each and len(langs) > 1:
-        out["mrv_t2v"] = float(M.mean_rank_variance(torch.stack(t2v_all).double()))
-        out["mrv_v2t"] = float(M.mean_rank_variance(torch.stack(v2t_all).double()))
-        out["mrv"] = 0.5 * (out["mrv_t2v"] + out["mrv_v2t"])
-    return out
+    Args:
+        method: a :class:`ccr_fast.methods.Method`.
+        eval_sets: :class:`ccr_fast.data.EvalSet` s, one per language.
+        batch_size: encoder batch size.
+        k_test: CCR^k re-rank depth (default ``cfg.ccrk.k_test``; 0 = ITC only). Ignored by other methods.
+    """
+    sets = list(eval_sets)
+    k = method.cfg.ccrk.k_test if k_test is None else int(k_test)
+    if hasattr(method, "itm_scores") and k > 0:
+        old = method.cfg.ccrk.k_test
+        method.cfg.ccrk.k_test = k
+        try:
+            results = _rerank_results(method, sets, batch_size)
+        finally:
+            method.cfg.ccrk.k_test = old
+    else:
+        w = method.cfg.nrccr.fusion_weight if method.cfg.method == "nrccr" else None
+        results = evaluate_encoders(method.encode_text, method.encode_visual, sets, fusion_weight=w,
+                                    batch_size=batch_size)
+    return flat_metrics(results)
 
 
 def format_metrics(metrics: Dict[str, object]) -> str:
     """A small text table: R@1/5/10 both directions, SumR, mR per language, then MRV."""
-    langs = [k for k, v in metrics.items() if isinstance(v, dict)]
+    langs = metrics.get("languages") or [k for k, v in metrics.items() if isinstance(v, dict) and k != "direct"]
     cols = ["t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "sumr", "mr"]
     lines = ["lang  " + " ".join(f"{c:>8}" for c in cols)]
-    for l in langs + (["mean"] if langs else []):
-        src = metrics[l] if l != "mean" else metrics
-        lines.append(f"{l:<5} " + " ".join(f"{src[c]:8.2f}" for c in cols))
+    for lang in list(langs) + (["mean"] if langs else []):
+        src = metrics[lang] if lang != "mean" else metrics
+        lines.append(f"{lang:<5} " + " ".join(f"{src[c]:8.2f}" for c in cols))
+    if "direct" in metrics:
+        lines.append(f"(translate-test fusion, weight {metrics['fusion_weight']:g} on the English-MT query, for "
+                     f"{', '.join(metrics['direct'])})")
     if "mrv" in metrics:
         lines.append(f"MRV (mean rank std over languages): t2v {metrics['mrv_t2v']:.2f}  v2t {metrics['mrv_v2t']:.2f}"
                      f"  mean {metrics['mrv']:.2f}")
@@ -169,9 +198,9 @@ def evaluate(checkpoint, data=None, **overrides) -> dict:
     Args:
         checkpoint: a checkpoint folder (``.../checkpoints/best``) or a run folder (its best, else last, is used).
         data: None (the configured data, test split), a :class:`ccr_fast.data.CCRData`, or a list of EvalSet.
-        overrides: config overrides (e.g. ``languages=["de"]``, ``device="cpu"``).
+        overrides: config overrides (e.g. ``languages=["de"]``, ``device="cpu"``, ``ccrk.k_test=0``).
     """
-    from .train import load_checkpoint_model, build_eval_data
+    from .train import build_eval_data, load_checkpoint_model
 
     method, cfg = load_checkpoint_model(checkpoint, **overrides)
     if data is None:

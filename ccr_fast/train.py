@@ -26,7 +26,8 @@ import torch
 
 from .config import Config, load_config, save_config
 from .data.collate import to_device
-from .evaluate import EvalSet, eval_sets_from_data, evaluate_method, format_metrics
+from .data import EvalSet, make_eval_sets
+from .evaluate import evaluate_method, format_metrics
 
 DEFAULT_RUN = {
     # The built-in default: CCR^k 1-to-K ITC + MITM on the shipped data (700 train images, 4 languages), frozen e5
@@ -66,12 +67,37 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------------------------ data
-def _load_data(cfg: Config, split: str):
-    if isinstance(cfg.data, str) and cfg.data in ("shipped", "multi30k", "default"):
-        from .data.shipped import load_shipped
+SYNTHETIC_DEFAULTS = {"n_items": 400, "n_concepts": 48, "feature_dim": 64, "seed": 0}
+_SPLITS = ("train", "val", "test")
 
+
+def _load_data(cfg: Config, split: str):
+    """The :class:`ccr_fast.data.CCRData` of ``split`` for ``cfg.data``.
+
+    ``cfg.data``: ``"shipped"`` (also ``"multi30k"``/``"default"``: the repository's real data), ``"synthetic"``
+    (:func:`ccr_fast.data.make_synthetic` over ``cfg.languages``, split 60/20/20 %), or a dict
+    ``{"name": "synthetic", **make_synthetic kwargs}``.
+    """
+    from .data import load_shipped, make_synthetic
+
+    name, kw = cfg.data, {}
+    if isinstance(cfg.data, dict):
+        kw = dict(cfg.data)
+        name = kw.pop("name", None)
+    if name in ("shipped", "multi30k", "default") and not kw:
         return load_shipped(split)
-    raise ValueError(f"data: expected 'shipped' (the repository's real data), got {cfg.data!r}")
+    if name == "synthetic":
+        if split not in _SPLITS:
+            raise ValueError(f"split: expected one of {_SPLITS} for synthetic data, got {split!r}")
+        opts = {**SYNTHETIC_DEFAULTS, **kw}
+        langs = list(cfg.languages)
+        data = make_synthetic(langs=langs, source=langs[0], **opts)
+        n = len(data)
+        cut = [0, int(0.6 * n), int(0.8 * n), n]
+        i = _SPLITS.index(split)
+        return data.subset(np.arange(cut[i], cut[i + 1]))
+    raise ValueError(f"data: expected 'shipped' (the repository's real data), 'synthetic' or "
+                     f"{{'name': 'synthetic', ...}}, got {cfg.data!r}")
 
 
 def build_train_items(cfg: Config, data) -> List[dict]:
@@ -102,7 +128,7 @@ def build_eval_data(cfg: Config, split: str) -> List[EvalSet]:
     langs = list(cfg.languages)
     if cfg.method != "ccrk" and len(langs) > 1:
         langs = langs[1:]
-    return eval_sets_from_data(_load_data(cfg, split), langs)
+    return make_eval_sets(_load_data(cfg, split), langs)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -226,6 +252,25 @@ def load_checkpoint_model(checkpoint, **overrides):
     return method, cfg
 
 
+_STATE_CACHES: Dict[tuple, dict] = {}
+
+
+def share_text_state_cache(method, cfg: Config) -> None:
+    """Let every run of this process with the same frozen pretrained text encoder share one token-state cache.
+
+    A frozen encoder gives the same states for the same token ids, so a second run (another method, seed or an
+    ablation, e.g. ``tools/run_comparison.py``) skips the encoder pass for captions already seen. Random-init test
+    encoders (``model.tiny_text_encoder``) and trainable encoders are left alone.
+    """
+    from .models.text import TextBackbone
+
+    if cfg.model.tiny_text_encoder or not cfg.model.cache_text_states:
+        return
+    for mod in method.modules():
+        if isinstance(mod, TextBackbone) and mod.use_cache and mod.frozen():
+            mod._cache = _STATE_CACHES.setdefault((str(cfg.text_encoder), cfg.model.max_tokens), {})
+
+
 def _log_jsonl(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -255,13 +300,16 @@ def train(config=None, *, datasets: Optional[dict] = None, **overrides) -> Train
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     t_start = time.time()
 
-    method = build_method(cfg).to(device)
     if datasets is None:
-        train_items = build_train_items(cfg, _load_data(cfg, "train"))
+        train_data = _load_data(cfg, "train")
+        cfg.model.visual_dim = int(train_data.features.shape[-1])  # the visual input width is the data's
+        train_items = build_train_items(cfg, train_data)
         val_sets = build_eval_data(cfg, cfg.eval.val_split)
         test_sets = build_eval_data(cfg, cfg.eval.test_split)
     else:
         train_items, val_sets, test_sets = datasets["train"], datasets.get("val"), datasets.get("test")
+    method = build_method(cfg).to(device)
+    share_text_state_cache(method, cfg)
     if len(train_items) < world * cfg.batch_size and len(train_items) < world * 2:
         raise ValueError(f"train data: {len(train_items)} items is too few for batch_size={cfg.batch_size}")
 

@@ -80,7 +80,8 @@ def test_ddp_two_processes_equal_one_process_full_batch(tmp_path):
 def test_train_with_eval_sets_reports_metrics_and_mrv(tmp_path):
     items = tiny_items(8)
     feats = np.stack([it["visual"] for it in items])
-    sets = [EvalSet(lang, [it["texts"][j] for it in items], np.arange(8), feats) for j, lang in enumerate(["en", "fr"])]
+    sets = [EvalSet(lang, [it["texts"][j] for it in items], np.arange(8), feats, list(range(8)))
+            for j, lang in enumerate(["en", "fr"])]
     res = train(dict(TINY, method="ccrk", batch_size=4, epochs=2, output_dir=str(tmp_path)),
                 datasets={"train": items, "val": sets, "test": sets})
     assert set(res.metrics["en"]) >= {"t2v_r1", "v2t_r10", "sumr", "mr"}
@@ -118,3 +119,95 @@ def test_shipped_configs_load():
     assert len(files) >= 20
     methods = {load_config(f).method for f in files}
     assert methods == {"baseline", "nrccr", "cl2cm", "ccrk"}
+
+
+def _ref_metrics(scores64, t2v_item):
+    """float64 reference: stable ranks (ties to the lower index) and R@1/5/10 both directions, one caption each."""
+    q, g = scores64.shape
+    t2v = [int(((scores64[i] > scores64[i, t2v_item[i]]) |
+                ((scores64[i] == scores64[i, t2v_item[i]]) & (torch.arange(g) < t2v_item[i]))).sum())
+           for i in range(q)]
+    owner = {int(t2v_item[i]): i for i in range(q)}
+    v2t = []
+    for v in range(g):
+        col, c = scores64[:, v], owner[v]
+        v2t.append(int(((col > col[c]) | ((col == col[c]) & (torch.arange(q) < c))).sum()))
+    r = lambda ranks, k: 100.0 * sum(x < k for x in ranks) / len(ranks)  # noqa: E731
+    return {"t2v_r1": r(t2v, 1), "t2v_r5": r(t2v, 5), "v2t_r1": r(v2t, 1), "v2t_r5": r(v2t, 5)}
+
+
+def _tiny_method(**kw):
+    from ccr_fast.config import load_config
+    from ccr_fast.methods import build_method
+
+    torch.manual_seed(0)
+    return build_method(load_config(None, **{**TINY, **kw})).eval()
+
+
+def _shuffled_sets(n=12, langs=("en", "fr")):
+    items = tiny_items(n, seed=1)
+    feats = np.stack([it["visual"] for it in items])
+    perm = np.random.default_rng(0).permutation(n)  # queries not in gallery order
+    return [EvalSet(lang, [items[p]["texts"][j] for p in perm], perm, feats, list(range(n)))
+            for j, lang in enumerate(langs)], feats, perm
+
+
+@pytest.mark.parametrize("name", ["baseline", "ccrk"])
+def test_evaluate_method_itc_matches_float64_reference(name):
+    from ccr_fast.evaluate import evaluate_method
+
+    m = _tiny_method(method=name)
+    sets, feats, perm = _shuffled_sets()
+    got = evaluate_method(m, sets, batch_size=5, k_test=0)
+    v = m.encode_visual(feats).double()
+    for es in sets:
+        ref = _ref_metrics(m.encode_text(es.queries).double() @ v.T, torch.as_tensor(perm))
+        for k, val in ref.items():
+            assert got[es.lang][k] == pytest.approx(val), (es.lang, k)
+    assert got["languages"] == ["en", "fr"] and got["mrv"] >= 0
+    assert got["sumr"] == pytest.approx(np.mean([got[l]["sumr"] for l in ("en", "fr")]))
+
+
+def test_ccrk_rerank_with_full_depth_ranks_by_itm():
+    from ccr_fast.evaluate import evaluate_method
+
+    m = _tiny_method(method="ccrk")
+    sets, feats, perm = _shuffled_sets(n=6)
+    got = evaluate_method(m, sets, k_test=6)  # every item is a candidate: the order is the ITM order
+    fv = torch.as_tensor(feats)
+    for es in sets:
+        tok = m.tokenize(es.queries)
+        q, g = len(es.queries), len(feats)
+        ti, vi = torch.arange(q).repeat_interleave(g), torch.arange(g).repeat(q)
+        itm = m.itm_scores(tok, fv, ti, vi).double().view(q, g)
+        ref = _ref_metrics(itm, torch.as_tensor(perm))
+        for k, val in ref.items():
+            assert got[es.lang][k] == pytest.approx(val), (es.lang, k)
+
+
+def test_nrccr_evaluation_uses_translate_test_fusion():
+    from ccr_fast.eval import evaluate_encoders
+    from ccr_fast.evaluate import evaluate_method
+
+    m = _tiny_method(method="nrccr", **{"nrccr.fusion_weight": 0.5})
+    sets, feats, perm = _shuffled_sets(langs=("fr",))
+    sets[0].queries_mt = [q.replace("le ", "the ") for q in sets[0].queries]
+    got = evaluate_method(m, sets)
+    ref = evaluate_encoders(m.encode_text, m.encode_visual, sets, fusion_weight=0.5)
+    assert got["fr"]["t2v_r1"] == pytest.approx(ref["fused"]["fr"]["t2v_r1"])
+    assert got["direct"]["fr"]["sumr"] == pytest.approx(ref["per_language"]["fr"]["sumr"])
+    assert got["fusion_weight"] == 0.5
+
+
+def test_train_on_synthetic_data(tmp_path):
+    from ccr_fast.train import _load_data
+
+    cfg = load_config(None, **TINY, data="synthetic", languages=["en", "de"])
+    parts = [_load_data(cfg, s) for s in ("train", "val", "test")]
+    assert [len(p) for p in parts] == [240, 80, 80]
+    assert parts[0].visual_ids[-1] != parts[1].visual_ids[0]
+    res = train(dict(TINY, method="nrccr", data={"name": "synthetic", "n_items": 60}, languages=["en", "de"],
+                     batch_size=8, epochs=1, output_dir=str(tmp_path)))
+    assert set(res.metrics["languages"]) == {"de"} and 0 <= res.metrics["de"]["sumr"] <= 600
+    with pytest.raises(ValueError, match="data: expected 'shipped'"):
+        _load_data(load_config(None, data="nowhere"), "train")

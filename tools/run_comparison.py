@@ -1,0 +1,168 @@
+"""Method comparison on the shipped real data: short trainings, one table in docs/results.md (+ JSON).
+
+Every row trains on the same shipped train split (700 images; en captions + their MT into de/fr/cs), with the same
+frozen e5 text encoder (token states cached once per process and shared by every run), seeds, epochs, batch size
+and optimiser, selects its best epoch on val SumR and is tested on the same de/fr/cs test sets (200 images, one
+caption per image and language; full-gallery ranking, ITC/cosine scores; MRV over de/fr/cs). CCR^k 1-to-K is
+additionally tested with the ITM re-rank of its top-8 ITC candidates.
+
+Usage: ``OMP_NUM_THREADS=2 python tools/run_comparison.py [--epochs 3] [--seeds 0] [--only nrccr,ccrk_1toK]
+[--out docs/results_comparison.json] [--no-doc]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from ccr_fast.config import load_config  # noqa: E402
+from ccr_fast.data import load_shipped, make_eval_sets  # noqa: E402
+from ccr_fast.evaluate import evaluate_method  # noqa: E402
+from ccr_fast.train import build_train_items, load_checkpoint_model, train  # noqa: E402
+
+LANGS = ["en", "de", "fr", "cs"]
+TARGETS = ["de", "fr", "cs"]
+COMMON = {
+    "data": "shipped", "languages": LANGS, "batch_size": 64, "lr": 5e-4, "model.trainable_layers": [],
+    "model.cache_text_states": True, "model.visual_hidden": 512, "model.embed_dim": 256,
+    "model.text_prefix": "query: ", "optim.schedule": "cosine", "optim.warmup": 0.05, "eval.metric": "sumr",
+    "progress": False, "device": "cpu",
+}
+CCRK = {"method": "ccrk", "ccrk.fusion_layers": 1, "ccrk.fusion_width": 128, "ccrk.pool": "mean", "ccrk.w_mlm": 0.0,
+        "ccrk.k_test": 0}
+ROWS = [
+    ("baseline", "Baseline (InfoNCE on en + MT captions)", {"method": "baseline"}),
+    ("nrccr", "NRCCR (full)", {"method": "nrccr"}),
+    ("nrccr_no_dtl", "NRCCR − DTL (w_dtl=0)", {"method": "nrccr", "nrccr.w_dtl": 0.0}),
+    ("nrccr_no_feat", "NRCCR − SmoothL1 (w_feat=0)", {"method": "nrccr", "nrccr.w_feat": 0.0}),
+    ("nrccr_no_cyc", "NRCCR − cycle (w_cyc=0)", {"method": "nrccr", "nrccr.w_cyc": 0.0}),
+    ("nrccr_no_adv", "NRCCR − adversarial (w_adv=0)", {"method": "nrccr", "nrccr.w_adv": 0.0}),
+    ("cl2cm", "CL2CM (full)", {"method": "cl2cm"}),
+    ("cl2cm_no_kt", "CL2CM − relational distillation (w_kt=0)", {"method": "cl2cm", "cl2cm.w_kt": 0.0}),
+    ("ccrk_1toK", "CCR^k 1-to-K ITC + MITM", dict(CCRK)),
+    ("ccrk_1to1", "CCR^k 1-to-1 (cclm_easy-style) + MITM", dict(CCRK, **{"ccrk.one_to_one": True})),
+]
+COLS = ["t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "sumr", "mr"]
+
+
+def run_row(key: str, overrides: dict, seed: int, epochs: int, data: dict, out_dir: str) -> dict:
+    """Train one row and return its record (test metrics, best epoch, seconds)."""
+    cfg = load_config(None, **{**COMMON, **overrides, "seed": seed, "epochs": epochs})
+    sets = {"train": build_train_items(cfg, data["train"]), "val": data["val"], "test": data["test"]}
+    t0 = time.time()
+    res = train({**COMMON, **overrides}, datasets=sets, seed=seed, epochs=epochs,
+                output_dir=os.path.join(out_dir, key))
+    rec = {"key": key, "seed": seed, "epochs": epochs, "seconds": time.time() - t0, "train_items": len(sets["train"]),
+           "history": res.history, "test": res.metrics}
+    if key == "ccrk_1toK" and res.best_checkpoint:
+        method, _ = load_checkpoint_model(res.best_checkpoint, device="cpu")
+        t1 = time.time()
+        rec["test_itm_rerank_top8"] = evaluate_method(method, data["test"], k_test=8)
+        rec["rerank_eval_seconds"] = time.time() - t1
+    return rec
+
+
+def _mean(vals):
+    return sum(vals) / len(vals)
+
+
+def write_doc(records: list, path: Path, epochs: int, seeds: list, total_s: float) -> None:
+    """Write the comparison section of docs/results.md (replacing an older one)."""
+    labels = {k: label for k, label, _ in ROWS}
+    by_key: dict = {}
+    for r in records:
+        by_key.setdefault(r["key"], []).append(r)
+    head = "| method | " + " | ".join(f"{l} SumR" for l in TARGETS) + " | mean SumR | mean mR | MRV | s/run |"
+    lines = [head, "| " + " | ".join(["---"] * (len(TARGETS) + 5)) + " |"]
+
+    def row(label, recs, field="test"):
+        ms = [r[field] for r in recs]
+        cells = [f"{_mean([m[l]['sumr'] for m in ms]):.1f}" for l in TARGETS]
+        cells += [f"{_mean([m['sumr'] for m in ms]):.1f}", f"{_mean([m['mr'] for m in ms]):.2f}",
+                  f"{_mean([m['mrv'] for m in ms]):.2f}" if all("mrv" in m for m in ms) else "–",
+                  f"{_mean([r['seconds'] for r in recs]):.0f}"]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    for key, label, _ in ROWS:
+        if key in by_key:
+            lines.append(row(label, by_key[key]))
+            if key == "ccrk_1toK" and all("test_itm_rerank_top8" in r for r in by_key[key]):
+                lines.append(row(label + ", ITM re-rank of the ITC top-8", by_key[key], "test_itm_rerank_top8"))
+    text = "\n".join(lines)
+    section = f"""## Method comparison (`tools/run_comparison.py`)
+
+Real runs only, written by the tool. Shipped data: train on the 700 train images (en captions and their MT into
+de/fr/cs; CCR^k takes the four human captions of each image as its 1-to-K group), select the best epoch on val
+SumR (100 images), test on the 200 test images in de, fr and cs (one caption per image and language, full-gallery
+ranking, 0.5 % R@1 by chance). Same frozen e5 encoder (token states cached), visual MLP 2048→512, 256-d space,
+batch 64, AdamW lr 5e-4 cosine, **{epochs} epochs** (reduced from the papers' tens of epochs to fit a shared
+2-core CPU), seeds {seeds}; numbers are means over seeds. SumR = R@1+R@5+R@10 both directions (max 600), mR =
+SumR/6, MRV = mean over images of the std of the 0-based ranks over de/fr/cs (lower is more consistent).
+Scores are cosine (ITC) for every row; the extra CCR^k line re-ranks the ITC top-8 with the ITM head.
+"s/run" is wall time per training run (including evaluation) on the shared machine; the first run also paid
+the one-off text-encoder pass that later runs reuse. Total: {total_s / 60:.1f} min.
+
+{text}
+
+Per-direction R@K, histories and run times: `docs/results_comparison.json`.
+"""
+    old = path.read_text() if path.exists() else "# Results on the shipped real data\n"
+    start = old.find("## Method comparison")
+    if start >= 0:
+        end = old.find("\n## ", start + 5)
+        old = old[:start] + (old[end + 1:] if end >= 0 else "")
+    marker = old.find("## Not measured yet")
+    if marker >= 0:
+        old = old[:marker]
+    path.write_text(old.rstrip() + "\n\n" + section + "\n<!-- discussion -->\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds")
+    ap.add_argument("--only", default="", help="comma-separated row keys (default: all)")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results_comparison.json"))
+    ap.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
+    ap.add_argument("--no-doc", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    keys = [k for k in args.only.split(",") if k] or [k for k, _, _ in ROWS]
+    unknown = set(keys) - {k for k, _, _ in ROWS}
+    if unknown:
+        raise SystemExit(f"--only: unknown rows {sorted(unknown)}; valid: {[k for k, _, _ in ROWS]}")
+    data = {"train": load_shipped("train"),
+            "val": make_eval_sets(load_shipped("val"), TARGETS), "test": make_eval_sets(load_shipped("test"), TARGETS)}
+    records, t0 = [], time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, _, over in ROWS:
+            if key not in keys:
+                continue
+            for seed in seeds:
+                rec = run_row(key, over, seed, args.epochs, data, tmp)
+                records.append(rec)
+                m = rec["test"]
+                print(f"{key:14s} seed {seed}: SumR {m['sumr']:.1f} mR {m['mr']:.2f} MRV {m.get('mrv', float('nan')):.2f}"
+                      f" ({rec['seconds']:.0f} s)", flush=True)
+                Path(args.out).write_text(json.dumps({"epochs": args.epochs, "seeds": seeds, "records": records},
+                                                     indent=1))
+    total = time.time() - t0
+    Path(args.out).write_text(json.dumps({"epochs": args.epochs, "seeds": seeds, "total_seconds": total,
+                                          "records": records}, indent=1))
+    if not args.no_doc:
+        write_doc(records, Path(args.doc), args.epochs, seeds, total)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
