@@ -22,13 +22,44 @@ DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloa
 # ccr_fast/ops/_autotable.py when present (see issue on auto-dispatch).
 AUTO_CUDA_PREFERENCE = ("cuda", "triton")
 
-try:  # the compiled extension
-    from . import _C  # type: ignore[attr-defined]
+def _load_extension():
+    """Import ``ccr_fast._C``.
 
-    _C_ERROR: Optional[str] = None
-except ImportError as exc:  # pragma: no cover - only without a build
-    _C = None
-    _C_ERROR = f"{type(exc).__name__}: {exc}"
+    When the package is imported from a source checkout that has no in-place build (e.g. ``python -m ...`` run in
+    the repository root after ``pip install .``), the checkout shadows the installed package; the extension built
+    by that install is then loaded from its installed location instead.
+    """
+    try:
+        from . import _C as ext  # type: ignore[attr-defined]
+
+        return ext, None
+    except ImportError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    import importlib.machinery
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    for entry in sys.path:
+        try:
+            pkg_dir = Path(entry or ".").resolve() / "ccr_fast"
+        except OSError:
+            continue
+        if pkg_dir == here or not pkg_dir.is_dir():
+            continue
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            lib = pkg_dir / f"_C{suffix}"
+            if lib.is_file():
+                spec = importlib.util.spec_from_file_location(f"{__package__}._C", lib)
+                ext = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(ext)
+                sys.modules[f"{__package__}._C"] = ext
+                return ext, None
+    return None, error
+
+
+_C, _C_ERROR = _load_extension()
 
 
 def extension():
