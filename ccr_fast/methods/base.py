@@ -8,7 +8,8 @@ A method is an ``nn.Module`` built from a :class:`ccr_fast.config.Config`:
 * ``extra_step()`` — called by the training loop after each optimiser step (NRCCR: the discriminator's Adam step);
 * ``main_parameters()`` — what the main optimiser updates;
 * ``encode_text(texts, lang)`` / ``encode_visual(features)`` — L2-normalised embeddings for evaluation;
-  ``rerank`` (optional) — re-scores top-k candidates (CCR^k ITM); ``translate_test_weight`` — NRCCR fusion weight.
+  ``itm_scores`` (CCR^k only) — re-scores top-k candidates. Evaluation (:mod:`ccr_fast.evaluate`) reads the NRCCR
+  translate-test weight from ``cfg.nrccr.fusion_weight``.
 """
 from __future__ import annotations
 
@@ -53,7 +54,6 @@ class Method(nn.Module):
         self.mcfg = cfg.method_cfg()
         self.tokenizer = load_tokenizer(cfg.text_encoder)
         self.collate = Collator(self.tokenizer, cfg.model.max_tokens, cfg.model.text_prefix)
-        self.translate_test_weight: Optional[float] = None
 
     @classmethod
     def build(cls, cfg: Config) -> "Method":
