@@ -134,7 +134,8 @@ def _fmt_mem(r: Optional[dict]) -> str:
         return ""
     if not r.get("mem_bytes"):
         return r.get("status", "") if not r.get("time_ms") else "n/a"
-    return f"{r['mem_bytes']['median'] / 2**20:.3g}"
+    mib = r["mem_bytes"]["median"] / 2**20
+    return f"{mib:.3g}" if mib < 100 else f"{mib:.0f}"
 
 
 def tables(payload: dict) -> List[str]:
