@@ -61,7 +61,7 @@ def sweep_configs(device: torch.device, quick: bool) -> List[dict]:
     elif device.type == "cuda":
         batches = [256, 1024, 4096]
     else:
-        batches = [64, 256, 1024]
+        batches = [64, 256]
     return [{"method": m, "batch": b, "d": 256} for m in ("nrccr", "ccrk") for b in batches]
 
 
