@@ -183,10 +183,10 @@ def write_results_md(results_dir: str, md_path: str) -> str:
                   f"- mode: {payload.get('mode', '')}; memory column: {MEM_TEXT.get(payload.get('mem_kind'), '')}"]
         for name, why in payload.get("skipped", {}).items():
             lines.append(f"- left out `{name}`: {why}")
-        errors = {(r["provider"], r.get("error") or r.get("note", "")) for r in payload["records"]
+        errors = {(r["provider"], r["status"], r.get("error") or r.get("note", "")) for r in payload["records"]
                   if r.get("status") != "ok"}
-        for prov, err in sorted(errors):
-            lines.append(f"- `{prov}` failed at some points: {err}")
+        for prov, status, err in sorted(errors):
+            lines.append(f"- `{prov}` {'not run' if status == 'skipped' else status} at some points: {err}")
         lines.append("")
         lines += tables(payload)
         for png in sorted(glob.glob(os.path.join(os.path.dirname(path), f"{stem}__*.png"))):
