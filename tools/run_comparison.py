@@ -88,7 +88,7 @@ def write_doc(records: list, path: Path, epochs: int, seeds: list, total_s: floa
         by_key.setdefault(r["key"], []).append(r)
     head = ("| method | de t2v R@1 | R@5 | R@10 | de v2t R@1 | R@5 | R@10 | de SumR | de mR | en+de SumR (CCR^k) "
             "| MRV en/de (CCR^k) | s/run |")
-    lines = [head, "|" + " --- |" * 11]
+    lines = [head, "|" + " --- |" * 12]
 
     def row(label, recs, field="test", field2="test_en_de"):
         ms = [r[field]["de"] for r in recs]
@@ -105,6 +105,10 @@ def write_doc(records: list, path: Path, epochs: int, seeds: list, total_s: floa
             if key == "ccrk_1toK" and all("test_itm_rerank_top8" in r for r in by_key[key]):
                 lines.append(row(label + ", ITM re-rank of the ITC top-8", by_key[key], "test_itm_rerank_top8",
                                  "test_en_de_itm_rerank_top8"))
+    missing = [label for key, label, _ in ROWS if key not in by_key]
+    if missing:
+        lines.append("")
+        lines.append(f"Partial: not run (yet): {'; '.join(missing)}.")
     text = "\n".join(lines)
     section = f"""## Method comparison (`tools/run_comparison.py`)
 
@@ -131,7 +135,7 @@ Per-direction R@K, histories and run times: `docs/results_comparison.json`.
     marker = old.find("## Not measured yet")
     if marker >= 0:
         old = old[:marker]
-    path.write_text(old.rstrip() + "\n\n" + section + "\n<!-- discussion -->\n")
+    path.write_text(old.rstrip() + "\n\n" + section)
 
 
 def main(argv=None) -> int:
@@ -146,7 +150,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.from_json:
         saved = json.loads(Path(args.out).read_text())
-        write_doc(saved["records"], Path(args.doc), saved["epochs"], saved["seeds"], saved["total_seconds"])
+        total = saved.get("total_seconds", sum(r["seconds"] for r in saved["records"]))
+        write_doc(saved["records"], Path(args.doc), saved["epochs"], saved["seeds"], total)
         return 0
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     seeds = [int(s) for s in args.seeds.split(",") if s]
