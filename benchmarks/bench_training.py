@@ -8,15 +8,10 @@ import os
 import sys
 
 try:
-    from ccr_fast.bench import main
+    from ccr_fast.bench import script_main
 except ImportError:  # a source checkout without `pip install .`: use the package next to this folder
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from ccr_fast.bench import main
-
-HERE = os.path.relpath(os.path.dirname(os.path.abspath(__file__)))
+    from ccr_fast.bench import script_main
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    out = os.path.join(HERE, "results", "tmp") if "--quick" in args else os.path.join(HERE, "results")
-    md = os.path.join(out, "RESULTS.md") if "--quick" in args else os.path.join(HERE, "RESULTS.md")
-    sys.exit(main(["--suite", "training", "--out", out, "--results-md", md, *args]))
+    sys.exit(script_main("training", os.path.dirname(os.path.abspath(__file__))))

@@ -130,3 +130,13 @@ def _report(args, md_path: str, log) -> None:
 
 
 __all__ = ["main", "SUITES"]
+
+
+def script_main(suite: str, bench_dir: str, argv: Optional[List[str]] = None) -> int:
+    """Entry of the thin scripts in ``benchmarks/``: results go to ``<bench_dir>/results`` and regenerate
+    ``<bench_dir>/RESULTS.md``; ``--quick`` runs go to ``<bench_dir>/results/tmp`` (not committed)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    here = os.path.relpath(bench_dir)
+    out = os.path.join(here, "results", "tmp") if "--quick" in args else os.path.join(here, "results")
+    md = os.path.join(out, "RESULTS.md") if "--quick" in args else os.path.join(here, "RESULTS.md")
+    return main(["--suite", suite, "--out", out, "--results-md", md, *args])
