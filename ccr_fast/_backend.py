@@ -1,7 +1,7 @@
 """Which kernel backends exist, which are usable here, and how an op picks one.
 
 Backends: ``"cpu"`` (C++/OpenMP in ``ccr_fast._C``), ``"cuda"`` (CUDA kernels in ``ccr_fast._C``, when the extension
-was built with nvcc), ``"triton"`` (``ccr_fast.triton``), ``"torch"`` (the plain-PyTorch reference of each op).
+was built with nvcc), ``"triton"`` (``ccr_fast.backends.triton``), ``"torch"`` (the plain-PyTorch reference of each op).
 ``backend="auto"`` picks per device: CUDA tensors -> the ``AUTO_CUDA_PREFERENCE`` order among the usable GPU
 backends (then ``"torch"``); CPU tensors -> ``"cpu"`` when the extension is present, else ``"torch"``.
 The environment variable ``CCR_FAST_BACKEND`` overrides ``"auto"``.

@@ -14,7 +14,7 @@ Contents:
       the other backends): :func:`contrastive_forward_torch`, :func:`contrastive_backward_torch`;
     * the CPU host functions over ``ccr_fast._C``: :func:`contrastive_forward_cpu`, :func:`contrastive_backward_cpu`;
     * :func:`contrastive_forward` / :func:`contrastive_backward`: dispatch to a named backend (``"cuda"`` →
-      ``ccr_fast.ops._cuda``, ``"triton"`` → ``ccr_fast.triton.contrastive``, imported lazily);
+      ``ccr_fast.ops._cuda``, ``"triton"`` → ``ccr_fast.backends.triton.contrastive``, imported lazily);
     * the custom ops ``ccr_fast::contrastive_fwd`` (→ loss, lse_row, lse_col) and ``ccr_fast::contrastive_bwd``
       (→ dx, dy, dscale) with fake kernels and autograd, so ``torch.compile(fullgraph=True)`` sees one opaque op;
     * :func:`contrastive_loss`: the entry the public losses call (autocast policy, backend choice).
@@ -171,7 +171,7 @@ def _host_functions(backend: str):
 
         return _cuda.contrastive_forward, _cuda.contrastive_backward
     if backend == "triton":
-        from ..triton import contrastive as _tri  # noqa: PLC0415
+        from ..backends.triton import contrastive as _tri  # noqa: PLC0415
 
         return _tri.contrastive_forward, _tri.contrastive_backward
     raise ValueError(f"backend must be a concrete backend ('cuda', 'triton', 'cpu', 'torch'), got {backend!r}")

@@ -14,7 +14,7 @@ Contents:
     * :func:`target_ranks_cpu`: the CPU host function over ``ccr_fast._C.target_ranks_cpu`` (optionally also the
       rank of every target);
     * :func:`target_ranks_backend`: the kernel contract on a named backend (``"cuda"`` →
-      ``ccr_fast.ops._cuda.target_ranks``, ``"triton"`` → ``ccr_fast.triton.ranks.target_ranks``, lazily);
+      ``ccr_fast.ops._cuda.target_ranks``, ``"triton"`` → ``ccr_fast.backends.triton.ranks.target_ranks``, lazily);
     * the custom ops ``ccr_fast::target_ranks`` (→ ranks[Q]) and ``ccr_fast::target_ranks_all`` (→ ranks[Q],
       all_ranks[Q, T]) with fake kernels (no autograd);
     * :func:`count_target_ranks`: the validated entry point behind :func:`ccr_fast.retrieval.target_ranks`.
@@ -87,7 +87,7 @@ def _host_function(backend: str):
 
         return _cuda.target_ranks
     if backend == "triton":
-        from ..triton import ranks as _tri  # noqa: PLC0415
+        from ..backends.triton import ranks as _tri  # noqa: PLC0415
 
         return _tri.target_ranks
     raise ValueError(f"backend must be a concrete backend ('cuda', 'triton', 'cpu', 'torch'), got {backend!r}")

@@ -2,7 +2,7 @@
 
 Contents: the plain-torch reference (:func:`similarity_torch`, the ``"torch"`` backend and the oracle), the CPU
 host function over ``ccr_fast._C`` (:func:`similarity_cpu`), dispatch to ``ccr_fast.ops._cuda.similarity`` /
-``ccr_fast.triton.similarity.similarity`` (imported lazily), the custom op ``ccr_fast::similarity`` (fake kernel
+``ccr_fast.backends.triton.similarity.similarity`` (imported lazily), the custom op ``ccr_fast::similarity`` (fake kernel
 and autograd: ``dq = grad · g``, ``dg = gradᵀ · q``) and the validated entry :func:`similarity`.
 
 Scores are accumulated in fp32 (fp64 for fp64 inputs) and returned in the input dtype. Under autocast the
@@ -47,7 +47,7 @@ def similarity_backend(q: Tensor, g: Tensor, backend: str) -> Tensor:
 
         return _cuda.similarity(q, g)
     if backend == "triton":
-        from ..triton import similarity as _tri  # noqa: PLC0415
+        from ..backends.triton import similarity as _tri  # noqa: PLC0415
 
         return _tri.similarity(q, g)
     raise ValueError(f"backend must be a concrete backend ('cuda', 'triton', 'cpu', 'torch'), got {backend!r}")

@@ -9,7 +9,7 @@ Contents:
       materialises the scores one block of query rows at a time and uses a stable descending sort;
     * :func:`topk_cpu`: the CPU host function over ``ccr_fast._C.topk_cpu``;
     * :func:`topk_backend`: the kernel contract on a named backend (``"cuda"`` → ``ccr_fast.ops._cuda.topk``,
-      ``"triton"`` → ``ccr_fast.triton.topk.topk``, imported lazily);
+      ``"triton"`` → ``ccr_fast.backends.triton.topk.topk``, imported lazily);
     * the custom op ``ccr_fast::topk`` (fake kernel; no autograd), so ``torch.compile`` sees one opaque op;
     * :func:`streaming_topk`: the validated entry point behind :func:`ccr_fast.retrieval.topk`.
 
@@ -77,7 +77,7 @@ def _host_function(backend: str):
 
         return _cuda.topk
     if backend == "triton":
-        from ..triton import topk as _tri  # noqa: PLC0415
+        from ..backends.triton import topk as _tri  # noqa: PLC0415
 
         return _tri.topk
     raise ValueError(f"backend must be a concrete backend ('cuda', 'triton', 'cpu', 'torch'), got {backend!r}")

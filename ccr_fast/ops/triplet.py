@@ -13,7 +13,7 @@ Contents:
       :func:`triplet_backward_torch`;
     * the CPU host functions over ``ccr_fast._C``: :func:`triplet_forward_cpu`, :func:`triplet_backward_cpu`;
     * :func:`triplet_forward` / :func:`triplet_backward`: the kernel contract on a named backend (``"cuda"`` →
-      ``ccr_fast.ops._cuda``, ``"triton"`` → ``ccr_fast.triton.triplet``, imported lazily);
+      ``ccr_fast.ops._cuda``, ``"triton"`` → ``ccr_fast.backends.triton.triplet``, imported lazily);
     * the custom ops ``ccr_fast::triplet_fwd`` (→ summed loss, row_idx, col_idx) and ``ccr_fast::triplet_bwd``
       (→ da, db) with fake kernels and autograd;
     * :func:`triplet_loss`: the validated entry point used by :mod:`ccr_fast.losses`.
@@ -136,7 +136,7 @@ def _host_functions(backend: str):
 
         return _cuda.triplet_forward, _cuda.triplet_backward
     if backend == "triton":
-        from ..triton import triplet as _tri  # noqa: PLC0415
+        from ..backends.triton import triplet as _tri  # noqa: PLC0415
 
         return _tri.triplet_forward, _tri.triplet_backward
     raise ValueError(f"backend must be a concrete backend ('cuda', 'triton', 'cpu', 'torch'), got {backend!r}")

@@ -2,7 +2,7 @@
 
 The variable must be set before ``triton.jit`` decorates the kernels (it decides at decoration time whether a kernel
 is interpreted). The fixture below sets it for the tests of this folder only, and (re)loads the
-``ccr_fast.triton`` modules under it when an earlier test had already imported them compiled; afterwards the
+``ccr_fast.backends.triton`` modules under it when an earlier test had already imported them compiled; afterwards the
 variable is restored and the modules are reloaded again, so other folders see the environment they expect.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ finally:
     else:
         os.environ["TRITON_INTERPRET"] = _previous
 
-_MODULES = ("ccr_fast.triton._utils", "ccr_fast.triton.similarity", "ccr_fast.triton.contrastive",
-            "ccr_fast.triton.triplet", "ccr_fast.triton.topk", "ccr_fast.triton.ranks")
+_MODULES = ("ccr_fast.backends.triton._utils", "ccr_fast.backends.triton.similarity", "ccr_fast.backends.triton.contrastive",
+            "ccr_fast.backends.triton.triplet", "ccr_fast.backends.triton.topk", "ccr_fast.backends.triton.ranks")
 
 
 def _reload_loaded():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ccr_fast.triton.contrastive as tc
+import ccr_fast.backends.triton.contrastive as tc
 from _refs import close, contrastive_ref, feats
 
 pytestmark = pytest.mark.triton

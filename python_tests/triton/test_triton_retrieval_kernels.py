@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ccr_fast.triton.ranks as tr
-import ccr_fast.triton.similarity as ts
-import ccr_fast.triton.topk as tk
+import ccr_fast.backends.triton.ranks as tr
+import ccr_fast.backends.triton.similarity as ts
+import ccr_fast.backends.triton.topk as tk
 from _refs import close, feats, integer_feats, ranks_ref, topk_ref
 
 pytestmark = pytest.mark.triton

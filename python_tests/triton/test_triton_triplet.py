@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ccr_fast.triton.triplet as tt
+import ccr_fast.backends.triton.triplet as tt
 from _refs import close, feats, triplet_ref
 
 pytestmark = pytest.mark.triton

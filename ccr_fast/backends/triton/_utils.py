@@ -1,6 +1,6 @@
 """Shared helpers of the Triton backend: interpreter detection, autotune configs, input checks, the tile dot.
 
-Every kernel of ``ccr_fast.triton`` computes its score tiles with :func:`tile_dot` (fp32 accumulation, a loop over
+Every kernel of ``ccr_fast.backends.triton`` computes its score tiles with :func:`tile_dot` (fp32 accumulation, a loop over
 the feature dimension in ``BLOCK_D`` chunks), so that all families use the same arithmetic for one tile shape.
 """
 from __future__ import annotations
