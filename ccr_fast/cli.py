@@ -1,16 +1,32 @@
-"""Command line: ``python -m ccr_fast train|eval|bench ...`` (also the ``ccr-fast`` console script).
+"""Command line: ``python -m ccr_fast train|eval|bench|compare|gpu-check ...`` (also the ``ccr-fast`` console script).
 
 * ``train [--config FILE] [key=value ...]`` — dotted overrides (``optim.lr=1e-4 epochs=3 languages=[en,de]``);
   with neither a config nor overrides it trains the built-in default on the shipped data.
 * ``eval CHECKPOINT [key=value ...]`` — test metrics of a checkpoint (or run) folder, as JSON.
 * ``bench ...`` — forwards the rest of the arguments to ``ccr_fast.bench.main(argv)``.
+* ``compare ...`` — forwards to ``ccr_fast.eval.compare.main(argv)`` (the method comparison / claim tests).
+* ``gpu-check ...`` — forwards to ``ccr_fast.gpu_check.main(argv)`` (``--compile-only`` needs no GPU).
+
+Configuration and data errors (``ValueError``, a missing file, a malformed YAML/JSON file) print one line
+``error: ...`` and exit with code 2; ``--debug`` (anywhere on the line) shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import List, Optional
+
+# Subcommands whose arguments are handed, untouched, to ``module.main(argv)``.
+FORWARDED = {
+    "bench": "ccr_fast.bench",
+    "compare": "ccr_fast.eval.compare",
+    "gpu-check": "ccr_fast.gpu_check",
+}
+
+# Exceptions that mean "the user's configuration or data is wrong", not "ccr_fast has a bug".
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def parse_overrides(pairs: List[str]) -> dict:
@@ -22,50 +38,90 @@ def parse_overrides(pairs: List[str]) -> dict:
         if "=" not in p:
             raise ValueError(f"override must look like key=value, got {p!r}")
         k, v = p.split("=", 1)
+        if not k.strip():
+            raise ValueError(f"override must look like key=value, got {p!r} (empty key)")
         out[k.strip()] = parse_value(v)
     return out
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ccr_fast", description="ccr_fast training / evaluation / benchmarks")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser = argparse.ArgumentParser(prog="ccr_fast", parents=[common],
+                                     description="ccr_fast training / evaluation / benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a method (default: the built-in CCR^k run on the shipped data)")
+    t = sub.add_parser("train", parents=[common],
+                       help="train a method (default: the built-in run on the shipped data)")
     t.add_argument("--config", default=None, help="YAML/JSON config file")
     t.add_argument("overrides", nargs="*", help="key=value config overrides (dotted keys for sections)")
-    e = sub.add_parser("eval", help="evaluate a checkpoint folder")
+    e = sub.add_parser("eval", parents=[common], help="evaluate a checkpoint folder")
     e.add_argument("checkpoint")
     e.add_argument("overrides", nargs="*", help="key=value config overrides")
-    b = sub.add_parser("bench", help="run the benchmarks (ccr_fast.bench)")
-    b.add_argument("args", nargs=argparse.REMAINDER)
+    for name, module in FORWARDED.items():
+        f = sub.add_parser(name, help=f"forwarded to {module}.main (try `{name} --help`)")
+        f.add_argument("args", nargs=argparse.REMAINDER)
     return parser
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line: its type when the message is empty or a bare key, newlines folded."""
+    msg = " ".join(str(exc).split())
+    if isinstance(exc, KeyError) or not msg:
+        msg = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    return msg
+
+
+def _forward(command: str, argv: List[str]) -> int:
+    module_name = FORWARDED[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        print(f"error: `{command}` is not available in this install ({module_name}: {exc})", file=sys.stderr)
+        return 2
+    if not hasattr(module, "main"):
+        print(f"error: {module_name} has no main(argv)", file=sys.stderr)
+        return 2
+    return int(module.main(argv) or 0)
+
+
+def _run(args) -> int:
+    overrides = parse_overrides(args.overrides)
+    if args.command == "train":
+        from .training import train
+
+        result = train(args.config, **overrides)
+        if result is not None:
+            print(json.dumps({"best_checkpoint": result.best_checkpoint, "run_dir": result.run_dir}))
+        return 0
+    from .eval import evaluate, format_metrics
+
+    metrics = evaluate(args.checkpoint, **overrides)
+    if metrics is not None:
+        print(format_metrics(metrics))
+        print(json.dumps(metrics))
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":  # pass everything through untouched
-        try:
-            from . import bench
-        except ImportError as exc:
-            print(f"error: the benchmark module ccr_fast.bench is not available ({exc})", file=sys.stderr)
-            return 2
-        if not hasattr(bench, "main"):
-            print("error: ccr_fast.bench has no main(argv)", file=sys.stderr)
-            return 2
-        return int(bench.main(argv[1:]) or 0)
+    debug = "--debug" in argv
+    # Forwarded subcommands get their arguments untouched (``--debug`` is theirs to interpret there).
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is not None and argv[first] in FORWARDED:
+        return _forward(argv[first], argv[first + 1:])
     args = build_parser().parse_args(argv)
-    overrides = parse_overrides(args.overrides)
-    if args.command == "train":
-        from .train import train
-
-        result = train(args.config, **overrides)
-        print(json.dumps({"best_checkpoint": result.best_checkpoint, "run_dir": result.run_dir}))
-        return 0
-    from .evaluate import evaluate, format_metrics
-
-    metrics = evaluate(args.checkpoint, **overrides)
-    print(format_metrics(metrics))
-    print(json.dumps(metrics))
-    return 0
+    try:
+        return _run(args)
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # malformed YAML / JSON config files surface as their parser's errors
+        if debug or type(exc).__module__.split(".")[0] not in ("yaml", "json"):
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
