@@ -12,15 +12,15 @@ from . import losses, metrics, retrieval  # noqa: E402,F401
 
 
 def train(config=None, **overrides):
-    """Train the method named in ``config`` (see :func:`ccr_fast.train.train`)."""
-    from .train import train as _train
+    """Train the method named in ``config`` (see :func:`ccr_fast.training.train`)."""
+    from .training import train as _train
 
     return _train(config, **overrides)
 
 
 def evaluate(checkpoint, data=None, **overrides):
-    """Evaluate a checkpoint (see :func:`ccr_fast.evaluate.evaluate`)."""
-    from .evaluate import evaluate as _evaluate
+    """Evaluate a checkpoint (see :func:`ccr_fast.training.evaluate`)."""
+    from .training import evaluate as _evaluate
 
     return _evaluate(checkpoint, data=data, **overrides)
 

@@ -4,7 +4,9 @@ A config is a :class:`Config` with the top-level keys of the api contract (``met
 ``text_encoder``, ``epochs``, ``max_steps``, ``batch_size``, ``lr``, ``seed``, ``device``, ``output_dir``,
 ``resume``) plus nested sections: ``model`` (sizes shared by all methods), ``optim`` (optimiser, schedule,
 clipping, AMP, accumulation), ``eval`` (validation/selection) and one section per method (``baseline``,
-``nrccr``, ``cl2cm``, ``ccrk``). Unknown keys anywhere raise ``ValueError`` listing the valid ones.
+``nrccr``, ``cl2cm``, ``ccrk``) and ``files`` (the release file names of an on-disk collection, see
+:class:`FilesConfig`). Unknown keys anywhere, and values of the wrong type (``optim.lr="abc"``), raise
+:class:`ConfigError` (a ``ValueError``) naming the key.
 
 Example::
 
@@ -14,11 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-METHODS = ("baseline", "nrccr", "cl2cm", "ccrk")
+METHODS = ("baseline", "linear", "nrccr", "cl2cm", "ccrk")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is wrong; the message names the key (``optim.lr``) or the file."""
 
 
 @dataclass
@@ -29,9 +36,10 @@ class ModelConfig:
     encoder layer, the embeddings and the pooler are frozen. ``None`` trains everything, ``[]`` freezes the encoder.
     ``cache_text_states``: with a fully frozen encoder, cache each caption's token states (fast CPU training).
     ``tiny_text_encoder``: build a random-init BERT of this hidden size (tests; no weights read) instead of loading.
+    ``visual_dim``: the visual feature width; None (the default) reads it from the data, a set value must match.
     """
 
-    visual_dim: int = 2048
+    visual_dim: Optional[int] = None  # None = the data's feature width; a different value is an error
     visual_encoder: str = "mlp"  # "mlp" | "linear" | "transformer" (frames)
     visual_hidden: int = 1024
     text_hidden: int = 384
@@ -64,7 +72,7 @@ class OptimConfig:
     grad_clip: float = 2.0
     grad_accum: int = 1
     amp: bool = True  # only used on CUDA
-    head_lr_mult: float = 1.0
+    head_lr_mult: float = 1.0  # lr of everything but the text encoder = lr * head_lr_mult (the encoder gets lr)
 
 
 @dataclass
@@ -92,6 +100,16 @@ class BaselineConfig:
     w_src: float = 1.0
     w_tgt: float = 1.0
     masked_pool: bool = True
+
+
+@dataclass
+class LinearConfig:
+    """Closed-form ridge map into the frozen text space (``method="linear"``, :mod:`ccr_fast.methods.linear`).
+    ``lambdas``: ridge strengths relative to the mean eigenvalue of XᵀX, the best on validation is kept;
+    ``center_text``: subtract the training captions' mean text embedding (both sides of the cosine)."""
+
+    lambdas: List[float] = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0])
+    center_text: bool = True
 
 
 @dataclass
@@ -159,6 +177,47 @@ class CCRkConfig:
 
 
 @dataclass
+class FilesConfig:
+    """File names of an on-disk collection in a paper release layout (used when ``data`` is a folder).
+
+    Names may use ``{coll}`` (the collection name, default: the folder name), ``{src}`` / ``{tgt}`` (the first and
+    the second language of ``languages``), ``{lang}`` (each evaluated language), ``{feat}`` (``feature``) and
+    ``{split}``. Defaults are the NRCCR Multi30K Task 1 release (methods.md §1.6).
+
+    ``layout``: "auto" (NRCCR when ``TextData/`` exists, else jsonl), "nrccr" or "jsonl".
+    NRCCR: ``train_captions`` (source, MT, back-translation files under ``TextData/``, ``.caption.txt`` implied),
+    ``val_captions`` / ``test_captions`` (per evaluated language: human captions and, optional, their MT into the
+    source), ``feature`` (a folder under ``FeatureData/``: BigFile, or ``.npy`` files named by
+    ``feature_files[split]``), ``id_files[split]`` (row order of the ``.npy`` files, under ``FeatureData/``).
+    jsonl (IGLUE / CCR^k): ``jsonl_captions[split]`` per language, ``features`` an ``.npy`` (with ``.ids.txt``) or a
+    BigFile folder; ``jsonl_mt[split]`` (optional) the MT of each language's file into the source language.
+    ``mt_stand_in``: where the MT (or back-translation) file of the training split is missing, use the human
+    target caption (or the source caption) of the same item instead — off by default, so a missing file is an
+    error naming it.
+    """
+
+    layout: str = "auto"
+    coll: Optional[str] = None
+    train_captions: List[str] = field(default_factory=lambda: [
+        "{coll}train_{src}c", "{coll}train_google_{src}c2{tgt}", "{coll}train_google_{src}c2{tgt}2{src}c"])
+    val_captions: List[str] = field(default_factory=lambda: ["{coll}val_{lang}_task1", "{coll}val_google_{lang}2{src}c"])
+    test_captions: List[str] = field(default_factory=lambda: [
+        "{coll}test_{lang}_2016_task1", "{coll}test_google_{lang}2{src}c_2016"])
+    feature: str = "resnet_152"
+    feature_files: Dict[str, str] = field(default_factory=lambda: {
+        "train": "train-{feat}-avgpool.npy", "val": "val-{feat}-avgpool.npy",
+        "test": "test_2016_flickr-{feat}-avgpool.npy"})
+    id_files: Dict[str, str] = field(default_factory=lambda: {
+        "train": "train_id.txt", "val": "val_id.txt", "test": "test_id_2016.txt"})
+    jsonl_captions: Dict[str, str] = field(default_factory=lambda: {
+        "train": "train.{lang}.jsonl", "val": "val.{lang}.jsonl", "test": "test.{lang}.jsonl"})
+    jsonl_mt: Dict[str, str] = field(default_factory=dict)
+    features: str = "features.npy"
+    max_frames: Optional[int] = None
+    mt_stand_in: bool = False
+
+
+@dataclass
 class Config:
     """The whole training configuration (api.md "Configuration keys")."""
 
@@ -174,6 +233,8 @@ class Config:
     device: str = "auto"
     output_dir: str = "runs"
     resume: Optional[str] = None
+    save_every_steps: int = 0  # also checkpoint ("last") every N optimiser steps; 0 = only at epoch ends
+    save_encoder: bool = False  # checkpoints also hold the frozen text encoder (self-contained), else its path+hash
     num_workers: int = 0
     log_every: int = 10
     progress: bool = True
@@ -181,13 +242,15 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
     nrccr: NRCCRConfig = field(default_factory=NRCCRConfig)
     cl2cm: CL2CMConfig = field(default_factory=CL2CMConfig)
     ccrk: CCRkConfig = field(default_factory=CCRkConfig)
+    files: FilesConfig = field(default_factory=FilesConfig)
 
     def method_cfg(self):
-        """The section of the configured method."""
-        return getattr(self, self.method)
+        """The section of the configured method (None for a method without one)."""
+        return getattr(self, self.method, None)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -197,19 +260,80 @@ def _valid_keys(obj) -> List[str]:
     return [f.name for f in dataclasses.fields(obj)]
 
 
+def _coerce(value, hint, key: str):
+    """``value`` as the annotated type ``hint`` (str → number/bool from YAML-style text); ConfigError otherwise."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], key)
+        return value
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if origin in (list, List):
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args and args[0] is not Any \
+            else value
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
 def _set(obj, key: str, value, where: str) -> None:
-    """Set ``obj.key`` (recursing into sections for dicts); unknown keys raise ValueError listing valid ones."""
+    """Set ``obj.key`` (recursing into sections for dicts); unknown keys and wrong types raise ConfigError."""
     valid = _valid_keys(obj)
     if key not in valid:
-        raise ValueError(f"unknown config key {where + key!r}; valid keys here: {', '.join(valid)}")
+        raise ConfigError(f"unknown config key {where + key!r}; valid keys here: {', '.join(valid)}")
     current = getattr(obj, key)
     if dataclasses.is_dataclass(current):
         if not isinstance(value, dict):
-            raise ValueError(f"config section {where + key!r} must be a mapping, got {type(value).__name__}")
+            raise ConfigError(f"config section {where + key!r} must be a mapping, got {type(value).__name__}")
         for k, v in value.items():
             _set(current, k, v, where + key + ".")
         return
-    setattr(obj, key, value)
+    hint = typing.get_type_hints(type(obj)).get(key, Any)
+    setattr(obj, key, _coerce(value, hint, where + key))
 
 
 def apply_overrides(cfg: Config, overrides: Dict[str, Any]) -> Config:
@@ -220,7 +344,8 @@ def apply_overrides(cfg: Config, overrides: Dict[str, Any]) -> Config:
         for i, p in enumerate(parts[:-1]):
             valid = _valid_keys(obj)
             if p not in valid or not dataclasses.is_dataclass(getattr(obj, p)):
-                raise ValueError(f"unknown config section {'.'.join(parts[:i + 1])!r}; valid keys here: {', '.join(valid)}")
+                raise ConfigError(f"unknown config section {'.'.join(parts[:i + 1])!r}; valid keys here: "
+                                  f"{', '.join(valid)}")
             obj = getattr(obj, p)
         _set(obj, parts[-1], value, ".".join(parts[:-1]) + ("." if len(parts) > 1 else ""))
     return cfg
@@ -229,20 +354,24 @@ def apply_overrides(cfg: Config, overrides: Dict[str, Any]) -> Config:
 def validate(cfg: Config) -> Config:
     """Check values that have a closed set of choices."""
     if cfg.method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
+        raise ConfigError(f"method must be one of {METHODS}, got {cfg.method!r}")
     if cfg.device not in ("auto", "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {cfg.device!r}")
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {cfg.device!r}")
     if cfg.optim.schedule not in ("constant", "linear", "cosine", "plateau"):
-        raise ValueError(f"optim.schedule must be constant|linear|cosine|plateau, got {cfg.optim.schedule!r}")
+        raise ConfigError(f"optim.schedule must be constant|linear|cosine|plateau, got {cfg.optim.schedule!r}")
     if cfg.optim.optimizer not in ("adam", "adamw"):
-        raise ValueError(f"optim.optimizer must be 'adam' or 'adamw', got {cfg.optim.optimizer!r}")
+        raise ConfigError(f"optim.optimizer must be 'adam' or 'adamw', got {cfg.optim.optimizer!r}")
     for name in ("epochs", "batch_size"):
         if int(getattr(cfg, name)) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.files.layout not in ("auto", "nrccr", "jsonl"):
+        raise ConfigError(f"files.layout must be auto|nrccr|jsonl, got {cfg.files.layout!r}")
+    if cfg.save_every_steps < 0:
+        raise ConfigError(f"save_every_steps must be >= 0, got {cfg.save_every_steps}")
     if cfg.max_steps is not None and int(cfg.max_steps) < 1:
-        raise ValueError(f"max_steps must be >= 1 or None, got {cfg.max_steps}")
+        raise ConfigError(f"max_steps must be >= 1 or None, got {cfg.max_steps}")
     if cfg.optim.grad_accum < 1:
-        raise ValueError(f"optim.grad_accum must be >= 1, got {cfg.optim.grad_accum}")
+        raise ConfigError(f"optim.grad_accum must be >= 1, got {cfg.optim.grad_accum}")
     if cfg.optim.lr is not None:
         cfg.lr = float(cfg.optim.lr)
     if isinstance(cfg.languages, str):
@@ -253,15 +382,20 @@ def validate(cfg: Config) -> Config:
 def read_file(path: Union[str, Path]) -> Dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or JSON file into a dict."""
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
     text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
 
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as e:  # yaml.YAMLError / json.JSONDecodeError
+        raise ConfigError(f"config file {path}: cannot parse: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
     return data
 
 
@@ -272,11 +406,14 @@ def load_config(config: Union[None, str, Path, Dict[str, Any], Config] = None, *
     elif isinstance(config, Config):
         cfg = from_dict(config.to_dict())
     elif isinstance(config, (str, Path)):
-        cfg = from_dict(read_file(config))
+        try:
+            cfg = from_dict(read_file(config))
+        except ConfigError as e:
+            raise ConfigError(f"{config}: {e}" if str(config) not in str(e) else str(e)) from None
     elif isinstance(config, dict):
         cfg = from_dict(config)
     else:
-        raise TypeError(f"config must be None, a path, a dict or a Config, got {type(config).__name__}")
+        raise ConfigError(f"config must be None, a path, a dict or a Config, got {type(config).__name__}")
     apply_overrides(cfg, overrides)
     return validate(cfg)
 

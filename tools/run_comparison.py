@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from ccr_fast.config import load_config  # noqa: E402
 from ccr_fast.data import load_shipped, make_eval_sets  # noqa: E402
-from ccr_fast.evaluate import evaluate_method  # noqa: E402
-from ccr_fast.train import build_train_items, load_checkpoint_model, share_text_state_cache, train  # noqa: E402
+from ccr_fast.eval import evaluate_method  # noqa: E402
+from ccr_fast.training import load_checkpoint_model, train  # noqa: E402
+from ccr_fast.training.loop import share_text_state_cache  # noqa: E402
 
 LANGS = ["en", "de"]
 TARGETS = ["de"]
@@ -57,8 +57,7 @@ COLS = ["t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "sumr", "m
 
 def run_row(key: str, overrides: dict, seed: int, epochs: int, data: dict, out_dir: str) -> dict:
     """Train one row and return its record (test metrics, best epoch, seconds)."""
-    cfg = load_config(None, **{**COMMON, **overrides, "seed": seed, "epochs": epochs})
-    sets = {"train": build_train_items(cfg, data["train"]), "val": data["val"], "test": data["test"]}
+    sets = {"train": data["train"], "val": data["val"], "test": data["test"]}  # the method builds its dataset
     t0 = time.time()
     res = train({**COMMON, **overrides}, datasets=sets, seed=seed, epochs=epochs,
                 output_dir=os.path.join(out_dir, key))

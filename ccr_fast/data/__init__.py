@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .core import CCRData, translation_source
 from .datasets import (CCRkDataset, CL2CMDataset, EvalSet, NRCCRDataset, PairDataset, ParallelTextDataset,
-                       make_eval_sets)
+                       concat_datasets, make_eval_sets)
 from .readers import DataFormatError, load_jsonl_collection, load_nrccr_collection
 from .shipped import SHIPPED_LANGUAGES, load_shipped, shipped_data_dir, shipped_split_indices
 from .synthetic import make_synthetic
@@ -16,4 +16,5 @@ __all__ = [
     "CCRData", "translation_source", "SHIPPED_LANGUAGES", "load_shipped", "shipped_data_dir", "shipped_split_indices",
     "make_synthetic", "DataFormatError", "load_nrccr_collection", "load_jsonl_collection", "PairDataset",
     "NRCCRDataset", "CL2CMDataset", "CCRkDataset", "ParallelTextDataset", "EvalSet", "make_eval_sets",
+    "concat_datasets",
 ]

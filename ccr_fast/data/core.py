@@ -36,6 +36,7 @@ class CCRData:
             ``"de2en"`` MT of the human de captions into en. What a tag holds for a given source is documented
             by that source's loader.
         n_frames: ``[N]`` int64 valid frames per item for frame features, else None.
+        sources: optional caption key (language or MT tag) -> the file it was read from, for error messages.
     """
 
     name: str
@@ -44,6 +45,7 @@ class CCRData:
     captions: dict
     translations: dict = field(default_factory=dict)
     n_frames: Optional[np.ndarray] = None
+    sources: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.validate()
@@ -108,6 +110,7 @@ class CCRData:
             captions={lang: pick(c) for lang, c in self.captions.items()},
             translations={tag: pick(t) for tag, t in self.translations.items()},
             n_frames=None if self.n_frames is None else np.asarray(self.n_frames)[idx],
+            sources=dict(self.sources),
         )
 
     def num_captions(self, lang: str) -> int:

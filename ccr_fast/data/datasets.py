@@ -1,7 +1,9 @@
 """Torch datasets over :class:`CCRData`, one per method, plus the evaluation sets.
 
 Every dataset yields a dict of raw strings and numpy arrays; tokenisation and batching happen in
-``ccr_fast.data.collate``. ``"visual"`` is the item's feature row (``[Dv]`` or ``[F, Dv]`` float32, a view when
+``ccr_fast.data.collate``. Entries are compact int arrays (item row, caption position), never per-sample Python
+objects, and captions are read from the collection when an entry is fetched, so a DataLoader with workers can fork
+a dataset of millions of captions cheaply. ``"visual"`` is the item's feature row (``[Dv]`` or ``[F, Dv]`` float32, a view when
 possible) and ``"index"`` its row in ``data`` (int). Frame features come without padding (``[n_frames[i], Dv]``).
 """
 from __future__ import annotations
@@ -10,12 +12,37 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from .core import CCRData
 
 __all__ = ["PairDataset", "NRCCRDataset", "CL2CMDataset", "CCRkDataset", "ParallelTextDataset", "EvalSet",
-           "make_eval_sets"]
+           "make_eval_sets", "concat_datasets", "caption_counts"]
+
+
+def caption_counts(seq) -> np.ndarray:
+    """``[N]`` int64 number of captions per item of a per-item caption sequence (fast for compact tables)."""
+    if hasattr(seq, "counts"):
+        return np.asarray(seq.counts(), dtype=np.int64)
+    return np.fromiter((len(c) for c in seq), dtype=np.int64, count=len(seq))
+
+
+def _entries(counts: np.ndarray):
+    """(item [M] int32/int64, position [M]) of every caption, item-major."""
+    item = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    pos = np.arange(item.size, dtype=np.int64) - np.repeat(starts, counts)
+    return item, pos
+
+
+def _get(seq, i: int, j: int) -> str:
+    """Caption ``j`` of item ``i`` (compact tables decode only that string)."""
+    return seq.get(i, j) if hasattr(seq, "get") else seq[i][j]
+
+
+def concat_datasets(parts: list):
+    """One dataset over ``parts`` (the part itself when there is one)."""
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
 def _need_captions(data: CCRData, lang: str, arg: str) -> None:
@@ -25,7 +52,26 @@ def _need_captions(data: CCRData, lang: str, arg: str) -> None:
 
 def _need_translation(data: CCRData, tag: str, arg: str) -> None:
     if tag not in data.translations:
-        raise ValueError(f"{arg}: {data.name!r} has no translations {tag!r} (has {sorted(data.translations)})")
+        where = data.sources.get(tag) if getattr(data, "sources", None) else None
+        raise ValueError(f"{arg}: {data.name!r} has no translations {tag!r} (has {sorted(data.translations)})"
+                         + (f"; expected file: {where}" if where else "")
+                         + "; set files.mt_stand_in=true to use the documented stand-in instead")
+
+
+def _translation_or_stand_in(data: CCRData, src: str, tgt: str, tag: str, stand_in: bool, fallback):
+    """``data.translations[tag]``, or with ``stand_in`` the aligned ``fallback`` captions (same counts per item)."""
+    if tag in data.translations or not stand_in:
+        _need_translation(data, tag, "tgt")
+        return data.translations[tag]
+    if fallback is None:
+        raise ValueError(f"files.mt_stand_in: {data.name!r} has neither translations {tag!r} nor {tgt!r} captions "
+                         "to stand in for them")
+    a, b = caption_counts(data.captions[src]), caption_counts(fallback)
+    bad = np.flatnonzero(a != b)
+    if bad.size:
+        raise ValueError(f"files.mt_stand_in: {data.name!r} item {data.visual_ids[bad[0]]!r} has {a[bad[0]]} {src!r} "
+                         f"captions but {b[bad[0]]} stand-in captions for {tag!r}")
+    return fallback
 
 
 def _langs(data: CCRData, langs) -> list:
@@ -44,10 +90,16 @@ class _Base(Dataset):
         if not isinstance(data, CCRData):
             raise TypeError(f"data: expected CCRData, got {type(data).__name__}")
         self.data = data
-        self.entries: list = []
+        self.item = np.zeros(0, dtype=np.int64)
+        self.pos = np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return int(self.item.size)
+
+    @property
+    def entries(self) -> list:
+        """``[(item, position), ...]`` (built on demand; datasets keep the compact arrays)."""
+        return list(zip(self.item.tolist(), self.pos.tolist()))
 
     def _visual(self, i: int) -> np.ndarray:
         """Row i as float32: ``[Dv]``, or ``[n_frames[i], Dv]`` (valid frames only) for frame features."""
@@ -68,52 +120,61 @@ class PairDataset(_Base):
     def __init__(self, data: CCRData, langs: Optional[Sequence[str]] = None):
         super().__init__(data)
         self.langs = _langs(data, langs)
-        self.entries = [(lang, i, j) for lang in self.langs
-                        for i, caps in enumerate(data.captions[lang]) for j in range(len(caps))]
+        parts = [_entries(caption_counts(data.captions[lang])) for lang in self.langs]
+        self.lang_of = np.repeat(np.arange(len(self.langs)), [p[0].size for p in parts])
+        self.item = np.concatenate([p[0] for p in parts])
+        self.pos = np.concatenate([p[1] for p in parts])
+
+    @property
+    def entries(self) -> list:
+        return [(self.langs[l], i, j) for l, i, j in zip(self.lang_of.tolist(), self.item.tolist(), self.pos.tolist())]
 
     def __getitem__(self, n: int) -> dict:
-        lang, i, j = self.entries[n]
-        return {"visual": self._visual(i), "index": i, "text": self.data.captions[lang][i][j], "lang": lang}
+        lang, i, j = self.langs[int(self.lang_of[n])], int(self.item[n]), int(self.pos[n])
+        return {"visual": self._visual(i), "index": i, "text": _get(self.data.captions[lang], i, j), "lang": lang}
 
 
 class NRCCRDataset(_Base):
     """NRCCR training tuples, one per ``src`` caption: ``{"visual", "index", "src", "tgt", "back"}``.
 
     ``src`` is the human source caption, ``tgt`` = ``translations["<src>2<tgt>"]`` (MT of it) and ``back`` =
-    ``translations["<src>2<tgt>2<src>"]`` (its back-translation), aligned 1:1.
+    ``translations["<src>2<tgt>2<src>"]`` (its back-translation), aligned 1:1. A missing tag is a ValueError naming
+    it. ``stand_in=True`` (``files.mt_stand_in``) instead uses, for a missing MT tag, the human ``tgt`` caption at
+    the same position and, for a missing back-translation, the source caption itself (items whose ``tgt``
+    captions do not line up with the source captions are then an error).
     """
 
-    def __init__(self, data: CCRData, src: str = "en", tgt: str = "de"):
+    def __init__(self, data: CCRData, src: str = "en", tgt: str = "de", stand_in: bool = False):
         super().__init__(data)
         _need_captions(data, src, "src")
         self.src, self.tgt = src, tgt
         self.mt_tag, self.back_tag = f"{src}2{tgt}", f"{src}2{tgt}2{src}"
-        _need_translation(data, self.mt_tag, "tgt")
-        _need_translation(data, self.back_tag, "tgt")
-        self.entries = [(i, j) for i, caps in enumerate(data.captions[src]) for j in range(len(caps))]
+        self.mt = _translation_or_stand_in(data, src, tgt, self.mt_tag, stand_in, data.captions.get(tgt))
+        self.back = _translation_or_stand_in(data, src, tgt, self.back_tag, stand_in, data.captions[src])
+        self.item, self.pos = _entries(caption_counts(data.captions[src]))
 
     def __getitem__(self, n: int) -> dict:
-        i, j = self.entries[n]
-        d = self.data
-        return {"visual": self._visual(i), "index": i, "src": d.captions[self.src][i][j],
-                "tgt": d.translations[self.mt_tag][i][j], "back": d.translations[self.back_tag][i][j]}
+        i, j = int(self.item[n]), int(self.pos[n])
+        return {"visual": self._visual(i), "index": i, "src": _get(self.data.captions[self.src], i, j),
+                "tgt": _get(self.mt, i, j), "back": _get(self.back, i, j)}
 
 
 class CL2CMDataset(_Base):
     """CL2CM training pairs, one per ``src`` caption: ``{"visual", "index", "src", "tgt"}`` with ``tgt`` =
-    ``translations["<src>2<tgt>"]`` aligned 1:1 with the source caption."""
+    ``translations["<src>2<tgt>"]`` aligned 1:1 with the source caption (``stand_in`` as :class:`NRCCRDataset`).
+    Also the baseline's (V, S) / (V, T*) pairs."""
 
-    def __init__(self, data: CCRData, src: str = "en", tgt: str = "de"):
+    def __init__(self, data: CCRData, src: str = "en", tgt: str = "de", stand_in: bool = False):
         super().__init__(data)
         _need_captions(data, src, "src")
         self.src, self.tgt, self.mt_tag = src, tgt, f"{src}2{tgt}"
-        _need_translation(data, self.mt_tag, "tgt")
-        self.entries = [(i, j) for i, caps in enumerate(data.captions[src]) for j in range(len(caps))]
+        self.mt = _translation_or_stand_in(data, src, tgt, self.mt_tag, stand_in, data.captions.get(tgt))
+        self.item, self.pos = _entries(caption_counts(data.captions[src]))
 
     def __getitem__(self, n: int) -> dict:
-        i, j = self.entries[n]
-        return {"visual": self._visual(i), "index": i, "src": self.data.captions[self.src][i][j],
-                "tgt": self.data.translations[self.mt_tag][i][j]}
+        i, j = int(self.item[n]), int(self.pos[n])
+        return {"visual": self._visual(i), "index": i, "src": _get(self.data.captions[self.src], i, j),
+                "tgt": _get(self.mt, i, j)}
 
 
 class CCRkDataset(_Base):
@@ -126,16 +187,14 @@ class CCRkDataset(_Base):
     def __init__(self, data: CCRData, langs: Optional[Sequence[str]] = None):
         super().__init__(data)
         self.langs = _langs(data, langs)
-        self.skipped = 0
-        for i in range(len(data)):
-            m = min(len(data.captions[lang][i]) for lang in self.langs)
-            self.skipped += m == 0
-            self.entries.extend((i, j) for j in range(m))
+        m = np.min(np.stack([caption_counts(data.captions[lang]) for lang in self.langs]), axis=0)
+        self.skipped = int((m == 0).sum())
+        self.item, self.pos = _entries(m)
 
     def __getitem__(self, n: int) -> dict:
-        i, j = self.entries[n]
+        i, j = int(self.item[n]), int(self.pos[n])
         return {"visual": self._visual(i), "index": i,
-                "texts": [self.data.captions[lang][i][j] for lang in self.langs]}
+                "texts": [_get(self.data.captions[lang], i, j) for lang in self.langs]}
 
 
 class ParallelTextDataset(_Base):
@@ -151,16 +210,16 @@ class ParallelTextDataset(_Base):
         self.src, self.tgt, self.mt_tag = src, tgt, f"{src}2{tgt}"
         if self.mt_tag in data.translations:
             self.pairs = data.translations[self.mt_tag]
-            self.entries = [(i, j) for i, caps in enumerate(data.captions[src]) for j in range(len(caps))]
+            self.item, self.pos = _entries(caption_counts(data.captions[src]))
         else:
             _need_captions(data, tgt, "tgt")
             self.pairs = data.captions[tgt]
-            self.entries = [(i, j) for i in range(len(data))
-                            for j in range(min(len(data.captions[src][i]), len(data.captions[tgt][i])))]
+            self.item, self.pos = _entries(np.minimum(caption_counts(data.captions[src]),
+                                                      caption_counts(data.captions[tgt])))
 
     def __getitem__(self, n: int) -> dict:
-        i, j = self.entries[n]
-        return {"index": i, "src": self.data.captions[self.src][i][j], "tgt": self.pairs[i][j]}
+        i, j = int(self.item[n]), int(self.pos[n])
+        return {"index": i, "src": _get(self.data.captions[self.src], i, j), "tgt": _get(self.pairs, i, j)}
 
 
 @dataclass

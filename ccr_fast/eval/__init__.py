@@ -5,6 +5,19 @@ from __future__ import annotations
 from .evaluator import METRIC_KEYS, encode_in_batches, evaluate_encoders, ranks_from_embeddings
 from .fusion import fused_ranks
 from .report import flatten_results, format_table, load_results, save_results
+from .scoring import (evaluate_method, flat_metrics, format_metrics, metrics_from_scores, ranks_from_scores,
+                      rerank_results, rerank_scores)
 
-__all__ = ["evaluate_encoders", "encode_in_batches", "ranks_from_embeddings", "fused_ranks", "format_table",
-           "flatten_results", "save_results", "load_results", "METRIC_KEYS"]
+
+
+def evaluate(checkpoint, data=None, **overrides) -> dict:
+    """Test metrics of a checkpoint (the public entry point :func:`ccr_fast.evaluate`; loading a checkpoint lives
+    in :mod:`ccr_fast.training.checkpoint`, imported here only when called)."""
+    from ..training.loop import evaluate as _evaluate
+
+    return _evaluate(checkpoint, data=data, **overrides)
+
+
+__all__ = ["evaluate", "evaluate_encoders", "encode_in_batches", "ranks_from_embeddings", "fused_ranks", "format_table",
+           "flatten_results", "save_results", "load_results", "METRIC_KEYS", "evaluate_method", "format_metrics",
+           "flat_metrics", "metrics_from_scores", "ranks_from_scores", "rerank_results", "rerank_scores"]

@@ -1,15 +1,21 @@
 """The interface every method implements, and the pieces they share.
 
-A method is an ``nn.Module`` built from a :class:`ccr_fast.config.Config`:
+A method is an ``nn.Module`` built from a :class:`ccr_fast.config.Config`. The training loop
+(:mod:`ccr_fast.training.loop`) and evaluation (:mod:`ccr_fast.eval.scoring`) only call these hooks and never
+name a method:
 
 * ``Method.build(cfg)`` — construct the model (text encoder from a local path, heads, visual encoder);
-* ``collate`` — the DataLoader ``collate_fn`` (tokenisation happens there);
-* ``loss_dict(batch)`` — named losses plus ``"total"`` (weights from the method's config section);
-* ``extra_step()`` — called by the training loop after each optimiser step (NRCCR: the discriminator's Adam step);
-* ``main_parameters()`` — what the main optimiser updates;
-* ``encode_text(texts, lang)`` / ``encode_visual(features)`` — L2-normalised embeddings for evaluation;
-  ``itm_scores`` (CCR^k only) — re-scores top-k candidates. Evaluation (:mod:`ccr_fast.evaluate`) reads the NRCCR
-  translate-test weight from ``cfg.nrccr.fusion_weight``.
+* data: ``train_dataset(data)`` — the method's training ``Dataset`` over a :class:`ccr_fast.data.CCRData`
+  (NRCCR tuples, CL2CM / baseline pairs, CCR^k K-language groups); ``eval_languages()`` — the languages its
+  validation/test sets hold; ``collate`` — the DataLoader ``collate_fn`` (tokenisation happens there);
+* training: ``loss_dict(batch)`` — named losses plus ``"total"`` (weights from the method's config section);
+  ``param_groups(lr, head_lr_mult)`` — the main optimiser's parameter groups; ``extra_step()`` — extra optimiser
+  steps after each main step (NRCCR: the discriminator's Adam step), with ``extra_state``/``load_extra_state``;
+* closed-form methods (``closed_form = True``): ``fit(train_set, val_sets, metric) -> validation record``
+  replaces the optimiser steps;
+* evaluation: ``score(eval_sets, batch_size)`` — the scorer (default: the ITC/cosine ranking of
+  :func:`ccr_fast.eval.evaluate_encoders` on ``encode_text``/``encode_visual``, with ``translate_test_weight``
+  when the method sets one; CCR^k re-ranks with ITM).
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.collate import Collator, stack_visual, tokenize
 from ..models.text import TextBackbone, freeze_encoder, load_text_encoder, load_tokenizer, tiny_text_encoder
 
@@ -39,6 +45,14 @@ def build_text_backbone(cfg: Config, tokenizer) -> TextBackbone:
                                 pad_token_id=tokenizer.pad_token_id or 0, dropout=m.dropout)
     else:
         enc = load_text_encoder(cfg.text_encoder)
+    n_layers = getattr(enc.config, "num_hidden_layers", None)
+    if m.trainable_layers and n_layers is not None:
+        from ..models.text import _as_layer_ids
+
+        bad = sorted(i for i in _as_layer_ids(m.trainable_layers) if not 0 <= i < n_layers)
+        if bad:
+            raise ConfigError(f"model.trainable_layers: layers {bad} do not exist in the text encoder "
+                              f"({n_layers} layers, 0..{n_layers - 1})")
     freeze_encoder(enc, m.trainable_layers)
     return TextBackbone(enc, cache=m.cache_text_states)
 
@@ -47,6 +61,8 @@ class Method(nn.Module):
     """Base class: tokenizer, collate, encoders for evaluation."""
 
     name = "method"
+    closed_form = False  # True: ``fit(train_set, val_sets, metric)`` is the whole training (no optimiser steps)
+    translate_test_weight: Optional[float] = None  # NRCCR: weight of the MT-to-source query at inference
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -58,6 +74,20 @@ class Method(nn.Module):
     @classmethod
     def build(cls, cfg: Config) -> "Method":
         return cls(cfg)
+
+    # --- data -----------------------------------------------------------------------------------------------
+    def source_and_targets(self):
+        """``(src, [tgt, ...])`` from ``cfg.languages``: the first is the source, the rest the targets."""
+        langs = list(self.cfg.languages)
+        return langs[0], (langs[1:] or langs[:1])
+
+    def train_dataset(self, data):  # pragma: no cover - abstract
+        """The training ``Dataset`` of this method over a :class:`ccr_fast.data.CCRData`."""
+        raise NotImplementedError
+
+    def eval_languages(self) -> List[str]:
+        """Languages of the validation/test sets (default: the target languages, i.e. ``languages[1:]``)."""
+        return list(self.source_and_targets()[1])
 
     # --- training -------------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> Dict[str, torch.Tensor]:
@@ -73,6 +103,15 @@ class Method(nn.Module):
     def main_parameters(self) -> List[nn.Parameter]:
         """Trainable parameters for the main optimiser (default: all that require grad)."""
         return [p for p in self.parameters() if p.requires_grad]
+
+    def param_groups(self, lr: float, head_lr_mult: float = 1.0) -> List[dict]:
+        """The main optimiser's groups: the text encoder's trainable layers at ``lr``, the rest (heads, visual
+        side, fusion) at ``lr * head_lr_mult``. Empty groups are left out."""
+        enc = {id(p) for mod in self.modules() if isinstance(mod, TextBackbone) for p in mod.parameters()}
+        main = self.main_parameters()
+        groups = [{"params": [p for p in main if id(p) in enc], "lr": lr, "name": "text_encoder"},
+                  {"params": [p for p in main if id(p) not in enc], "lr": lr * head_lr_mult, "name": "heads"}]
+        return [g for g in groups if g["params"]]
 
     def extra_state(self) -> dict:
         """Extra optimiser states to checkpoint (NRCCR discriminator)."""
@@ -105,6 +144,13 @@ class Method(nn.Module):
 
     def embed_visual(self, visual: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def score(self, eval_sets, batch_size: int = 128, **kw) -> dict:
+        """Evaluate on ``eval_sets``: a result dict shaped like :func:`ccr_fast.eval.evaluate_encoders`'."""
+        from ..eval import evaluate_encoders
+
+        return evaluate_encoders(self.encode_text, self.encode_visual, eval_sets,
+                                 fusion_weight=self.translate_test_weight, batch_size=batch_size)
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], lang: Optional[str] = None, batch_size: int = 128) -> torch.Tensor:

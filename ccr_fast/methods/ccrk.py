@@ -13,7 +13,7 @@ Batches hold B images, each with K captions (one per language, fixed order, imag
 * ``one_to_one=True`` (the ``cclm_easy`` ablation): 1-to-1 ITC (``clip_loss``) on one random language per image.
 
 Inference is two-stage: ITC cosine → top ``k_test`` candidates (``ccr_fast.retrieval.topk``) → re-scored by the ITM
-positive logit (:meth:`CCRk.itm_scores`), every non-candidate ranked below them (see ``ccr_fast.evaluate``).
+positive logit (:meth:`CCRk.itm_scores`), every non-candidate ranked below them (:meth:`CCRk.score`).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import losses as L
+from ..data import CCRkDataset
 from ..models.fusion import FusionEncoder
 from ..models.heads import ITMHead, MLMHead
 from ..models.text import masked_mean
@@ -147,6 +148,23 @@ class CCRk(Method):
         self.rank = rank
         self.itc_k = None
         self._dist = (rank, world)
+
+    # --- data / scorer ----------------------------------------------------------------------------------------
+    def train_dataset(self, data):
+        """K-language groups: every item with a caption in each of ``languages`` (image-major texts)."""
+        return CCRkDataset(data, list(self.cfg.languages))
+
+    def eval_languages(self):
+        return list(self.cfg.languages)
+
+    def score(self, eval_sets, batch_size: int = 128, k_test=None) -> dict:
+        """ITC cosine ranking, or with ``k_test > 0`` the ITM re-rank of the top ``k_test`` ITC candidates."""
+        k = self.mcfg.k_test if k_test is None else int(k_test)
+        if k > 0:
+            from ..eval.scoring import rerank_results
+
+            return rerank_results(self, eval_sets, batch_size, k)
+        return super().score(eval_sets, batch_size)
 
     # --- embeddings -------------------------------------------------------------------------------------------
     def text_states(self, tok, use_cache: bool = True):

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import losses as L
+from ..data import CL2CMDataset, concat_datasets
 from ..models.text import LatentMapping, masked_mean
 from ..models.visual import build_visual
 from .base import Method, build_text_backbone, dist_info
@@ -87,6 +88,11 @@ class CL2CM(Method):
         self.cl_word = nn.Linear(h, m.embed_dim)
         rank, world = dist_info()
         self.clip = L.ClipLoss(gather_with_grad=True, rank=rank, world_size=world)
+
+    def train_dataset(self, data):
+        """(visual, S, T*) triples: the source captions and their MT into each target language."""
+        src, tgts = self.source_and_targets()
+        return concat_datasets([CL2CMDataset(data, src, t, stand_in=self.cfg.files.mt_stand_in) for t in tgts])
 
     def pool(self, states, mask):
         return masked_mean(states, mask if self.mcfg.masked_pool else None)

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import losses as L
+from ..data import NRCCRDataset, concat_datasets
 from ..models.heads import LanguageDiscriminator
 from ..models.text import LatentMapping, NRCCRTextHead
 from ..models.visual import build_visual
@@ -54,6 +55,13 @@ class DualEncoderMethod(Method):
     def embed_visual(self, visual, mask=None):
         return self.map_v(self.visual(visual, mask))
 
+    def train_dataset(self, data):
+        """(visual, S, T*) pairs: the source captions and their MT into each target language."""
+        from ..data import CL2CMDataset
+
+        src, tgts = self.source_and_targets()
+        return concat_datasets([CL2CMDataset(data, src, t, stand_in=self.cfg.files.mt_stand_in) for t in tgts])
+
 
 class NRCCR(DualEncoderMethod):
     name = "nrccr"
@@ -65,6 +73,11 @@ class NRCCR(DualEncoderMethod):
         self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=c.disc_lr, betas=(0.9, 0.999), eps=1e-8)
         self.translate_test_weight = c.fusion_weight
         self._disc_inputs = None
+
+    def train_dataset(self, data):
+        """(visual, S, T*, B̃) tuples per target language: source captions, MT, back-translation (NRCCRDataset)."""
+        src, tgts = self.source_and_targets()
+        return concat_datasets([NRCCRDataset(data, src, t, stand_in=self.cfg.files.mt_stand_in) for t in tgts])
 
     def main_parameters(self):
         disc = {id(p) for p in self.disc.parameters()}

@@ -1,18 +1,16 @@
-"""Evaluation of a trained method (and ``evaluate(checkpoint)``) on :class:`ccr_fast.data.EvalSet` s.
+"""Method-level evaluation: a trained method on :class:`ccr_fast.data.EvalSet` s → the flat metrics dict.
 
-One path for every method: the eval sets come from :func:`ccr_fast.data.make_eval_sets` and the metrics from
-:func:`ccr_fast.eval.evaluate_encoders` (full-gallery stable ranks, ``ccr_fast.metrics.retrieval_metrics`` keys,
-MRV where every language has one caption per item). NRCCR is scored with translate-test fusion
-(``nrccr.fusion_weight`` on the English-MT query) wherever a set carries ``queries_mt``; those fused metrics are the
-reported ones and the unfused ones stay under ``"direct"``.
-
-CCR^k with ``ccrk.k_test > 0`` is two-stage: the top ``k_test`` ITC candidates of each query
-(``retrieval.topk``) are re-scored by the ITM head and placed above every non-candidate (:func:`rerank_scores`);
-ranks and metrics then use the same helpers (``ranks_from_scores`` → ``retrieval_metrics``, MRV as the eval
-layer). ``ccrk.k_test = 0`` ranks by ITC cosine alone (the default; see ``docs/results.md``).
+One path for every method: :func:`evaluate_method` asks the method for its scorer (``Method.score(sets,
+batch_size)``, default :func:`ccr_fast.eval.evaluate_encoders` on the method's encoders, with NRCCR's
+translate-test fusion weight where the method has one). CCR^k with ``ccrk.k_test > 0`` scores in two stages
+(:func:`rerank_results`): the top ``k_test`` ITC candidates of each query (``retrieval.topk``) are re-scored by
+the ITM head and placed above every non-candidate (:func:`rerank_scores`); ranks of the re-scored matrix use the
+same stable rule (:func:`ranks_from_scores`: ties to the lower index) and the same v2t target table as
+:mod:`ccr_fast.eval.evaluator`.
 
 The returned (flat) metrics dict: ``{lang: {metric: float}}`` per language, the mean over languages of every
-metric at the top level, ``"languages"``, and ``"mrv"``, ``"mrv_t2v"``, ``"mrv_v2t"`` when defined.
+metric at the top level, ``"languages"``, and ``"mrv"``, ``"mrv_t2v"``, ``"mrv_v2t"`` when defined; for NRCCR the
+fused metrics are the reported ones and the unfused ones stay under ``"direct"``.
 """
 from __future__ import annotations
 
@@ -21,22 +19,13 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import metrics as M
-from . import retrieval as R
-from .data import EvalSet, make_eval_sets
-from .eval import encode_in_batches, evaluate_encoders
-from .eval.evaluator import _mrv
+from .. import metrics as M
+from .. import retrieval as R
+from ..data import EvalSet
+from .evaluator import _mrv, _v2t_targets, encode_in_batches
 
-__all__ = ["EvalSet", "eval_sets_from_data", "evaluate_method", "evaluate", "format_metrics", "ranks_from_scores",
-           "rerank_scores", "metrics_from_scores"]
-
-
-def eval_sets_from_data(data, languages: Sequence[str]) -> List[EvalSet]:
-    """Eval sets of a :class:`ccr_fast.data.CCRData` for ``languages`` (all captions of each item)."""
-    missing = [lang for lang in languages if lang not in data.captions]
-    if missing:
-        raise ValueError(f"languages: {missing} not in the data (has {sorted(data.captions)})")
-    return make_eval_sets(data, list(languages))
+__all__ = ["EvalSet", "evaluate_method", "format_metrics", "ranks_from_scores", "rerank_scores",
+           "metrics_from_scores", "rerank_results", "flat_metrics"]
 
 
 def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -74,10 +63,10 @@ def metrics_from_scores(scores: torch.Tensor, text_to_visual: torch.Tensor, v2t_
     """
     t2v = ranks_from_scores(scores, text_to_visual)
     vs = scores.t() if v2t_scores is None else v2t_scores
-    items = torch.unique(text_to_visual)
+    items, targets = _v2t_targets(text_to_visual.cpu().numpy(), vs.shape[0])
     all_ranks = []
-    for item in items.tolist():
-        caps = torch.nonzero(text_to_visual == item).view(-1)
+    for row, item in enumerate(items.tolist()):
+        caps = torch.from_numpy(targets[row][targets[row] >= 0])
         all_ranks.append(ranks_from_scores(vs[item:item + 1].expand(len(caps), -1), caps))
     best = torch.stack([r.min() for r in all_ranks])
     met = {k: float(v) for k, v in M.retrieval_metrics(t2v, best, v2t_all_ranks=all_ranks).items()}
@@ -85,7 +74,7 @@ def metrics_from_scores(scores: torch.Tensor, text_to_visual: torch.Tensor, v2t_
     return met, t2v, best
 
 
-def _rerank_results(method, sets: Sequence[EvalSet], batch_size: int) -> dict:
+def rerank_results(method, sets: Sequence[EvalSet], batch_size: int, k_test: int) -> dict:
     """CCR^k two-stage scorer: ITC top-k → ITM re-rank; a result dict shaped like ``evaluate_encoders``'."""
     galleries: Dict[int, torch.Tensor] = {}
     res: dict = {"languages": [s.lang for s in sets], "per_language": {}, "folds": 1}
@@ -102,7 +91,7 @@ def _rerank_results(method, sets: Sequence[EvalSet], batch_size: int) -> dict:
         def pair_fn(t_idx, v_idx):
             return method.itm_scores(tok, feats, t_idx.to(method.device), v_idx.to(method.device)).cpu()
 
-        k = max(1, min(method.cfg.ccrk.k_test, len(es.queries), len(vis)))
+        k = max(1, min(int(k_test), len(es.queries), len(vis)))
         _, cand_t2v = R.topk(txt, vis, min(k, len(vis)))
         _, cand_v2t = R.topk(vis, txt, min(k, len(es.queries)))
         scores = R.similarity(txt, vis)
@@ -154,25 +143,13 @@ def evaluate_method(method, eval_sets: Sequence[EvalSet], batch_size: int = 128,
     """Metrics of ``method`` on ``eval_sets`` (one per language); see the module docstring for the keys.
 
     Args:
-        method: a :class:`ccr_fast.methods.Method`.
+        method: a :class:`ccr_fast.methods.Method` (its ``score`` hook does the scoring).
         eval_sets: :class:`ccr_fast.data.EvalSet` s, one per language.
         batch_size: encoder batch size.
-        k_test: CCR^k re-rank depth (default ``cfg.ccrk.k_test``; 0 = ITC only). Ignored by other methods.
+        k_test: re-rank depth for methods with a re-ranker (CCR^k; default its configured ``k_test``).
     """
-    sets = list(eval_sets)
-    k = method.cfg.ccrk.k_test if k_test is None else int(k_test)
-    if hasattr(method, "itm_scores") and k > 0:
-        old = method.cfg.ccrk.k_test
-        method.cfg.ccrk.k_test = k
-        try:
-            results = _rerank_results(method, sets, batch_size)
-        finally:
-            method.cfg.ccrk.k_test = old
-    else:
-        w = method.cfg.nrccr.fusion_weight if method.cfg.method == "nrccr" else None
-        results = evaluate_encoders(method.encode_text, method.encode_visual, sets, fusion_weight=w,
-                                    batch_size=batch_size)
-    return flat_metrics(results)
+    kw = {} if k_test is None else {"k_test": int(k_test)}
+    return flat_metrics(method.score(list(eval_sets), batch_size, **kw))
 
 
 def format_metrics(metrics: Dict[str, object]) -> str:
@@ -190,23 +167,3 @@ def format_metrics(metrics: Dict[str, object]) -> str:
         lines.append(f"MRV (mean rank std over languages): t2v {metrics['mrv_t2v']:.2f}  v2t {metrics['mrv_v2t']:.2f}"
                      f"  mean {metrics['mrv']:.2f}")
     return "\n".join(lines)
-
-
-def evaluate(checkpoint, data=None, **overrides) -> dict:
-    """Load a checkpoint folder written by :func:`ccr_fast.train.train` and return its test metrics.
-
-    Args:
-        checkpoint: a checkpoint folder (``.../checkpoints/best``) or a run folder (its best, else last, is used).
-        data: None (the configured data, test split), a :class:`ccr_fast.data.CCRData`, or a list of EvalSet.
-        overrides: config overrides (e.g. ``languages=["de"]``, ``device="cpu"``, ``ccrk.k_test=0``).
-    """
-    from .train import build_eval_data, load_checkpoint_model
-
-    method, cfg = load_checkpoint_model(checkpoint, **overrides)
-    if data is None:
-        sets = build_eval_data(cfg, cfg.eval.test_split)
-    elif isinstance(data, (list, tuple)):
-        sets = list(data)
-    else:
-        sets = eval_sets_from_data(data, cfg.languages)
-    return evaluate_method(method, sets, cfg.eval.batch_size)

@@ -10,9 +10,10 @@ import torch
 
 from ccr_fast.cli import build_parser, parse_overrides
 from ccr_fast.config import load_config
-from ccr_fast.evaluate import EvalSet, metrics_from_scores, ranks_from_scores
+from ccr_fast.data import EvalSet
+from ccr_fast.eval import metrics_from_scores, ranks_from_scores
 from ccr_fast.methods._tiny import TINY, tiny_items
-from ccr_fast.train import train
+from ccr_fast.training import evaluate, train
 
 
 def _losses(run_dir):
@@ -88,8 +89,6 @@ def test_train_with_eval_sets_reports_metrics_and_mrv(tmp_path):
     assert 0 <= res.metrics["sumr"] <= 600 and res.metrics["mrv"] >= 0
     assert res.best_checkpoint and Path(res.best_checkpoint, "model.safetensors").is_file()
     assert len(res.history) == 2
-    from ccr_fast.evaluate import evaluate
-
     again = evaluate(res.run_dir, data=sets)
     assert again["sumr"] == pytest.approx(res.metrics["sumr"])
 
@@ -115,7 +114,7 @@ def test_cli_parses():
 
 
 def test_shipped_configs_load():
-    files = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+    files = sorted(Path(__file__).resolve().parents[2].glob("configs/*.yaml"))
     assert len(files) >= 20
     methods = {load_config(f).method for f in files}
     assert methods == {"baseline", "nrccr", "cl2cm", "ccrk"}
@@ -154,7 +153,7 @@ def _shuffled_sets(n=12, langs=("en", "fr")):
 
 @pytest.mark.parametrize("name", ["baseline", "ccrk"])
 def test_evaluate_method_itc_matches_float64_reference(name):
-    from ccr_fast.evaluate import evaluate_method
+    from ccr_fast.eval import evaluate_method
 
     m = _tiny_method(method=name)
     sets, feats, perm = _shuffled_sets()
@@ -171,7 +170,7 @@ def test_evaluate_method_itc_matches_float64_reference(name):
 
 
 def test_ccrk_rerank_with_full_depth_ranks_by_itm():
-    from ccr_fast.evaluate import evaluate_method
+    from ccr_fast.eval import evaluate_method
 
     m = _tiny_method(method="ccrk")
     sets, feats, perm = _shuffled_sets(n=6)
@@ -189,7 +188,7 @@ def test_ccrk_rerank_with_full_depth_ranks_by_itm():
 
 def test_nrccr_evaluation_uses_translate_test_fusion():
     from ccr_fast.eval import evaluate_encoders
-    from ccr_fast.evaluate import evaluate_method
+    from ccr_fast.eval import evaluate_method
 
     m = _tiny_method(method="nrccr", **{"nrccr.fusion_weight": 0.5})
     sets, feats, perm = _shuffled_sets(langs=("fr",))
@@ -202,14 +201,15 @@ def test_nrccr_evaluation_uses_translate_test_fusion():
 
 
 def test_train_on_synthetic_data(tmp_path):
-    from ccr_fast.train import _load_data
+    from ccr_fast.data.collections import load_data
 
     cfg = load_config(None, **TINY, data="synthetic", languages=["en", "de"])
-    parts = [_load_data(cfg, s) for s in ("train", "val", "test")]
+    parts = [load_data(cfg, s) for s in ("train", "val", "test")]
     assert [len(p) for p in parts] == [240, 80, 80]
     assert parts[0].visual_ids[-1] != parts[1].visual_ids[0]
     res = train(dict(TINY, method="nrccr", data={"name": "synthetic", "n_items": 60}, languages=["en", "de"],
+                     **{"model.visual_dim": None},
                      batch_size=8, epochs=1, output_dir=str(tmp_path)))
     assert set(res.metrics["languages"]) == {"de"} and 0 <= res.metrics["de"]["sumr"] <= 600
     with pytest.raises(ValueError, match="data: expected 'shipped'"):
-        _load_data(load_config(None, data="nowhere"), "train")
+        load_data(load_config(None, data="nowhere"), "train")

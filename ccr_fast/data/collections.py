@@ -1,0 +1,203 @@
+"""The ``data`` config value → :class:`CCRData` of a split.
+
+``data`` may be:
+
+* ``"shipped"`` (also ``"multi30k"``/``"default"``): the small real data of the repository (:mod:`.shipped`), or
+  ``{"name": "shipped", "train_captions": "all", ...}`` (other keys are :func:`load_shipped` arguments);
+* ``"synthetic"`` or ``{"name": "synthetic", **make_synthetic kwargs}``: :func:`ccr_fast.data.make_synthetic` over
+  ``languages``, split 60/20/20 % into train/val/test;
+* a collection folder in a paper release layout, read with the file names of the ``files`` config section
+  (:class:`ccr_fast.config.FilesConfig`): the NRCCR layout (``TextData/*.caption.txt``, ``FeatureData/``) or the
+  IGLUE / CCR^k JSON-lines layout (one ``.jsonl`` per split and language + a feature file);
+* a mapping naming the files explicitly: ``{"root": folder (optional), "train": {...}, "val": {...},
+  "test": {...}}`` where each split is ``{"captions": [caption files], "features": npy or BigFile, "ids":
+  id file}`` (NRCCR caption files) or ``{"jsonl": {lang: file}, "features": ..., "ids": ..., "mt": {lang:
+  file}}``.
+
+Missing files and malformed lines raise :class:`ccr_fast.data.DataFormatError` (a ValueError) naming the file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from .core import CCRData
+from .readers import DataFormatError
+
+__all__ = ["load_data", "SYNTHETIC_DEFAULTS", "SPLITS"]
+
+SYNTHETIC_DEFAULTS = {"n_items": 400, "n_concepts": 48, "feature_dim": 64, "seed": 0}
+SPLITS = ("train", "val", "test")
+
+
+def load_data(cfg, split: str, langs: Sequence[str] = None) -> CCRData:
+    """The :class:`CCRData` of ``split`` (``"train"``, ``"val"``, ``"test"``) for ``cfg.data`` (module docstring).
+
+    ``langs``: the languages evaluated on a val/test split (default ``cfg.languages``); a collection folder reads
+    the caption files of these languages only.
+    """
+    data = cfg.data
+    if isinstance(data, dict) and data.get("name") == "synthetic":
+        return _synthetic(cfg, split, {k: v for k, v in data.items() if k != "name"})
+    if data == "synthetic":
+        return _synthetic(cfg, split, {})
+    if data in ("shipped", "multi30k", "default") or (isinstance(data, dict) and data.get("name") == "shipped"):
+        from .shipped import load_shipped
+
+        kw = {k: v for k, v in data.items() if k != "name"} if isinstance(data, dict) else {}
+        train_caps = kw.pop("train_captions", None)
+        if train_caps is not None and split == "train":
+            kw["captions"] = train_caps  # every human caption for training; evaluation keeps one per language
+        return load_shipped(split, **kw)
+    try:
+        if isinstance(data, dict):
+            return _from_mapping(cfg, dict(data), split)
+        if isinstance(data, (str, Path)) and Path(str(data)).expanduser().is_dir():
+            return _from_folder(cfg, Path(str(data)).expanduser(), split, langs)
+    except FileNotFoundError as e:
+        raise DataFormatError(str(e)) from None
+    raise DataFormatError(f"data: expected 'shipped', 'synthetic', a collection folder or a mapping of files, "
+                          f"got {data!r}" + (" (no such folder)" if isinstance(data, str) else ""))
+
+
+def _synthetic(cfg, split: str, kw: dict) -> CCRData:
+    from .synthetic import make_synthetic
+
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS} for synthetic data, got {split!r}")
+    langs = list(cfg.languages)
+    data = make_synthetic(langs=langs, source=langs[0], **{**SYNTHETIC_DEFAULTS, **kw})
+    n = len(data)
+    cut = [0, int(0.6 * n), int(0.8 * n), n]
+    i = SPLITS.index(split)
+    return data.subset(np.arange(cut[i], cut[i + 1]))
+
+
+def _fmt(name: str, **kw) -> str:
+    try:
+        return str(name).format(**kw)
+    except (KeyError, IndexError) as e:
+        raise DataFormatError(f"files: {name!r} uses an unknown placeholder {e} (known: {sorted(kw)})") from None
+
+
+def _names(cfg, root: Path, split: str) -> Dict[str, object]:
+    f = cfg.files
+    langs = list(cfg.languages)
+    src, tgt = langs[0], (langs[1] if len(langs) > 1 else langs[0])
+    return {"coll": f.coll or root.name, "src": src, "tgt": tgt, "feat": f.feature, "split": split}
+
+
+def _from_folder(cfg, root: Path, split: str, langs) -> CCRData:
+    layout = cfg.files.layout
+    if layout == "auto":
+        layout = "nrccr" if (root / "TextData").is_dir() else "jsonl"
+    kw = _names(cfg, root, split)
+    f = cfg.files
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    if layout == "nrccr":
+        if split == "train":
+            caps = [_fmt(n, **kw) for n in f.train_captions]
+        else:
+            names = f.val_captions if split == "val" else f.test_captions
+            caps = []
+            for lang in (list(langs) if langs else list(cfg.languages)):
+                caps += [_fmt(n, **kw, lang=lang) for n in names]
+        caps = _caption_paths(root, caps, optional_mt=split != "train", split=split)
+        feat_dir = root / "FeatureData" / kw["feat"]
+        if not feat_dir.exists():
+            raise DataFormatError(f"files.feature: {feat_dir} does not exist (a BigFile folder or a folder of "
+                                  f"<split>-{kw['feat']}-avgpool.npy files)")
+        if (feat_dir / "feature.bin").is_file():
+            features, ids = feat_dir, None
+        else:
+            features = feat_dir / _fmt(f.feature_files[split], **kw)
+            ids = root / "FeatureData" / _fmt(f.id_files[split], **kw)
+        return _nrccr(root, caps, features, ids, cfg, split, optional_mt=split != "train")
+    files = {lang: root / _fmt(f.jsonl_captions[split], **kw, lang=lang) for lang in cfg.languages}
+    mt = {lang: root / _fmt(f.jsonl_mt[split], **kw, lang=lang) for lang in cfg.languages} \
+        if split in f.jsonl_mt else {}
+    return _jsonl(files, _feature_path(root, _fmt(f.features, **kw)), None, mt, f"{root.name}/{split}", cfg)
+
+
+def _feature_path(root: Path, name: str) -> Path:
+    p = Path(name)
+    return p if p.is_absolute() else root / p
+
+
+def _nrccr(root: Path, caption_files: Sequence, features, ids, cfg, split: str, optional_mt: bool) -> CCRData:
+    from .readers import load_nrccr_collection
+
+    paths = _caption_paths(root, caption_files, optional_mt, split)
+    return load_nrccr_collection(root, paths, features, id_file=ids, name=f"{root.name}/{split}",
+                                 max_frames=cfg.files.max_frames)
+
+
+def _caption_paths(root: Path, caption_files: Sequence, optional_mt: bool, split: str) -> list:
+    """Resolved caption files; a missing file is an error naming it (an evaluation split's MT file is optional)."""
+    paths = []
+    for name in caption_files:
+        p = _caption_path(root, name)
+        if p is None:
+            # an MT of the queries (translate-test) is optional at evaluation; human captions and training files
+            # are not
+            tag = str(name)
+            if optional_mt and "google" in tag:
+                continue
+            raise DataFormatError(f"{root / 'TextData' / (str(name) + '.caption.txt')}: caption file not found "
+                                  f"(set the file names in the config section 'files')")
+        paths.append(p)
+    if not paths:
+        raise DataFormatError(f"{root}: no caption files for split {split!r}")
+    return paths
+
+
+def _caption_path(root: Path, name) -> Path:
+    p = Path(str(name))
+    if p.is_absolute():
+        return p if p.is_file() else None
+    for suffix in ("", ".caption.txt", ".caption.txt.gz", ".gz"):
+        q = root / "TextData" / (str(name) + suffix)
+        if q.is_file():
+            return q
+    return None
+
+
+def _jsonl(files: dict, features, ids, mt: dict, name: str, cfg) -> CCRData:
+    from .readers import BigFile, load_jsonl_collection
+
+    for lang, p in list(files.items()) + list(mt.items()):
+        if not Path(p).is_file():
+            raise DataFormatError(f"{p}: caption file for {lang!r} not found (set files.jsonl_captions)")
+    src = list(cfg.languages)[0]
+    if Path(features).is_dir():
+        bf = BigFile(features)
+        arr, fids = bf.features, bf.names
+    else:
+        arr, fids = Path(features), ids
+    return load_jsonl_collection(files, arr, fids, mt_files=mt or None, mt_target=src, name=name)
+
+
+def _from_mapping(cfg, m: dict, split: str) -> CCRData:
+    root = Path(str(m.pop("root", "."))).expanduser()
+    if split not in m:
+        raise DataFormatError(f"data[{split!r}]: the data mapping names no files for this split (has {sorted(m)})")
+    spec = dict(m[split])
+    feats = spec.get("features")
+    if feats is None:
+        raise DataFormatError(f"data[{split!r}].features: missing")
+    feats = _feature_path(root, str(feats))
+    ids = spec.get("ids")
+    ids = _feature_path(root, str(ids)) if ids is not None else None
+    if "jsonl" in spec:
+        files = {lang: _feature_path(root, str(p)) for lang, p in spec["jsonl"].items()}
+        mt = {lang: _feature_path(root, str(p)) for lang, p in (spec.get("mt") or {}).items()}
+        return _jsonl(files, feats, ids, mt, f"{root.name}/{split}", cfg)
+    caps = spec.get("captions")
+    if not caps:
+        raise DataFormatError(f"data[{split!r}]: expected 'captions' (NRCCR caption files) or 'jsonl'")
+    caps = [_feature_path(root, str(c)) if not Path(str(c)).is_absolute() and (root / str(c)).exists() else c
+            for c in caps]
+    return _nrccr(root, caps, feats, ids, cfg, split, optional_mt=False)
