@@ -1,26 +1,24 @@
-"""Which kernel backends exist, which are usable here, and how an op picks one.
+"""Which kernel backends exist, which are usable here, and the extension loader.
 
-Backends: ``"cpu"`` (C++/OpenMP in ``ccr_fast._C``), ``"cuda"`` (CUDA kernels in ``ccr_fast._C``, when the extension
-was built with nvcc), ``"triton"`` (``ccr_fast.backends.triton``), ``"torch"`` (the plain-PyTorch reference of each op).
-``backend="auto"`` picks per device: CUDA tensors -> the ``AUTO_CUDA_PREFERENCE`` order among the usable GPU
-backends (then ``"torch"``); CPU tensors -> ``"cpu"`` when the extension is present, else ``"torch"``.
-The environment variable ``CCR_FAST_BACKEND`` overrides ``"auto"``.
+Backends: ``"blas"`` (the fastest vendor GEMM present in row chunks + our fused epilogues: OpenBLAS/… chosen by
+measurement on CPU, cuBLAS through ``torch.matmul`` on CUDA; ``ccr_fast.backends.blas``), ``"cpu"`` (fully fused
+C++/OpenMP kernels in ``ccr_fast._C``), ``"cuda"`` (CUDA kernels in ``ccr_fast._C``, when the extension was built
+with nvcc), ``"triton"`` (``ccr_fast.backends.triton``), ``"torch"`` (the plain-PyTorch reference of each op).
+How ``backend="auto"`` picks one (per op family, device, dtype and size) is :func:`ccr_fast.ops.dispatch.resolve`;
+the environment variable ``CCR_FAST_BACKEND`` overrides ``"auto"``.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Dict, Optional
 
 import torch
 
-BACKENDS = ("auto", "cuda", "triton", "cpu", "torch")
+BACKENDS = ("auto", "blas", "cuda", "triton", "cpu", "torch")
 
 # float32 / float64 / float16 / bfloat16 codes shared with csrc/common.h (docs/interop.md).
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-
-# Per-op order of preference on CUDA tensors for backend="auto"; measured preference lives in
-# ccr_fast/ops/_autotable.py when present (see issue on auto-dispatch).
-AUTO_CUDA_PREFERENCE = ("cuda", "triton")
 
 def _load_extension():
     """Import ``ccr_fast._C``.
@@ -91,12 +89,42 @@ def _cuda_status() -> tuple[bool, str]:
     return True, "CUDA kernels compiled in ccr_fast._C"
 
 
+def _blas_status(device_type: str = "cpu") -> tuple[bool, str]:
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            return False, "no CUDA device is visible"
+        if importlib.util.find_spec("ccr_fast.backends.blas.gpu") is None:
+            return False, "blas on CUDA not available: ccr_fast.backends.blas.gpu is missing"
+        return True, "cuBLAS (torch.matmul) + fused GPU epilogues"
+    if _C is None:
+        return False, f"ccr_fast._C extension is not available ({_C_ERROR})"
+    if not hasattr(_C, "blas_set_gemm"):
+        return False, "extension built without the blas epilogues"
+    from .backends.blas import _gemm  # noqa: PLC0415 - imports this module
+
+    return _gemm.status()
+
+
 def backends() -> Dict[str, dict]:
-    """Report what was compiled and what is usable: ``{name: {"compiled": bool, "usable": bool, "detail": str}}``."""
+    """Report what was compiled and what is usable: ``{name: {"compiled": bool, "usable": bool, "detail": str}}``.
+
+    For ``"blas"`` the detail names the CPU GEMM chosen by measurement (the measurement runs on the first call that
+    needs it, e.g. this one) and the GEMM rates measured for every candidate.
+    """
     cpu_ok = _C is not None
     cuda_ok, cuda_detail = _cuda_status()
     tri_ok, tri_detail = _triton_status()
+    blas_ok, blas_detail = _blas_status("cpu")
+    if blas_ok:
+        from .backends.blas import _gemm  # noqa: PLC0415
+
+        blas_detail = _gemm.describe()
+    gpu_ok, gpu_detail = _blas_status("cuda")
+    if torch.cuda.is_available():
+        blas_detail += f"; CUDA: {gpu_detail}"
     return {
+        "blas": {"compiled": bool(cpu_ok and hasattr(_C, "blas_set_gemm")), "usable": blas_ok or gpu_ok,
+                 "detail": blas_detail},
         "cpu": {
             "compiled": cpu_ok,
             "usable": cpu_ok,
@@ -109,9 +137,14 @@ def backends() -> Dict[str, dict]:
     }
 
 
-def _usable(name: str, device: torch.device) -> tuple[bool, str]:
+def usable(name: str, device: torch.device) -> tuple[bool, str]:
+    """Whether backend ``name`` can run on ``device`` here, and why not."""
     if name == "torch":
         return True, ""
+    if name == "blas":
+        if device.type not in ("cpu", "cuda"):
+            return False, f"backend 'blas' needs CPU or CUDA tensors, got device {device}"
+        return _blas_status(device.type)
     if name == "cpu":
         if device.type != "cpu":
             return False, f"backend 'cpu' needs CPU tensors, got device {device}"
@@ -136,37 +169,11 @@ def _usable(name: str, device: torch.device) -> tuple[bool, str]:
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
 
 
-def resolve_backend(requested: str, device: torch.device, op: str = "", supported=("cuda", "triton", "cpu", "torch"),
-                    dtype: Optional[torch.dtype] = None) -> str:
-    """Turn ``backend=`` (or ``CCR_FAST_BACKEND``) into a concrete backend name for ``device``.
+def resolve_backend(requested: str, device: torch.device, op: str = "",
+                    supported=("blas", "cuda", "triton", "cpu", "torch"), dtype: Optional[torch.dtype] = None,
+                    work: int = 0) -> str:
+    """Compatibility wrapper of :func:`ccr_fast.ops.dispatch.resolve` (the one resolution)."""
+    from .ops._autotable import op_family  # noqa: PLC0415 - ops imports this module
+    from .ops.dispatch import resolve  # noqa: PLC0415
 
-    On CUDA, ``"auto"`` tries ``ops._autotable.preferred_cuda_backends(op, dtype)`` in order (``dtype``: the input
-    dtype when known), then ``"torch"``.
-
-    Raises ``ValueError`` for an unknown name and ``RuntimeError`` (saying why) for an unavailable one.
-    """
-    if not isinstance(requested, str) or requested not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {requested!r}")
-    if requested == "auto":
-        env = os.environ.get("CCR_FAST_BACKEND", "").strip()
-        if env and env != "auto":
-            if env not in BACKENDS:
-                raise ValueError(f"CCR_FAST_BACKEND must be one of {BACKENDS}, got {env!r}")
-            requested = env
-    if requested != "auto":
-        if requested not in supported:
-            raise RuntimeError(f"backend {requested!r} does not implement {op or 'this op'}; available: {supported}")
-        ok, why = _usable(requested, device)
-        if not ok:
-            raise RuntimeError(f"backend {requested!r} is not available for {op or 'this op'}: {why}")
-        return requested
-    if device.type == "cuda":
-        from .ops._autotable import preferred_cuda_backends  # noqa: PLC0415 - ops imports this module
-
-        for name in preferred_cuda_backends(op, dtype):
-            if name in supported and _usable(name, device)[0]:
-                return name
-        return "torch"
-    if device.type == "cpu" and "cpu" in supported and _C is not None:
-        return "cpu"
-    return "torch"
+    return resolve(op_family(op), requested, device, dtype, work, tuple(supported))

@@ -14,6 +14,8 @@ void register_cpu_triplet(py::module_& m);
 void register_cpu_topk(py::module_& m);
 void register_cpu_ranks(py::module_& m);
 void register_cpu_similarity(py::module_& m);
+void register_cpu_blas_contrastive(py::module_& m);  // csrc/cpu/blas.cpp
+void register_cpu_blas_retrieval(py::module_& m);    // csrc/cpu/blas_retrieval.cpp
 #ifdef CCR_FAST_WITH_CUDA
 void register_cuda_ops(py::module_& m);  // csrc/cuda/*.cu
 #endif
@@ -46,6 +48,8 @@ PYBIND11_MODULE(_C, m) {
   register_cpu_topk(m);
   register_cpu_ranks(m);
   register_cpu_similarity(m);
+  register_cpu_blas_contrastive(m);
+  register_cpu_blas_retrieval(m);
 #ifdef CCR_FAST_WITH_CUDA
   register_cuda_ops(m);
 #endif

@@ -1,7 +1,12 @@
-"""Auto-dispatch table: which GPU backend ``backend="auto"`` tries first, per op family and input dtype, on CUDA.
+"""Auto-dispatch tables of ``backend="auto"`` (read by :func:`ccr_fast.ops.dispatch.resolve`).
 
-``ccr_fast._backend.resolve_backend`` walks the returned tuple and takes the first backend usable on the device
-(then falls back to ``"torch"``). The order below is the initial, unmeasured guess ("cuda" before "triton").
+CUDA: which GPU backend is tried first, per op family and input dtype. ``resolve`` walks the returned tuple and
+takes the first backend that is usable on the device, takes the dtype and passes its one-time conformance probe
+(then falls back to ``"torch"``). The order is blas (cuBLAS GEMM + fused epilogues), then triton; the SIMT
+``"cuda"`` backend (exact fp32, slow on tensor-core work) is never chosen by ``auto`` but stays available by name.
+
+CPU: ``"blas"`` (vendor GEMM in row chunks + fused C++ epilogues) or ``"cpu"`` (fully fused C++ kernels), by
+problem size: the work measure (M·N scores) from which blas was measured faster.
 
 MUST be refreshed from benchmark JSON (``benchmarks/`` results on the GPU machines): for each op family and dtype, put
 first the backend with the lower median time at the realistic shapes, and note the source file and date next to
@@ -13,7 +18,6 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .._backend import AUTO_CUDA_PREFERENCE
 
 # The op families of ccr_fast/ops/, and the names the op modules pass as ``op=`` to resolve_backend.
 OP_FAMILIES = ("contrastive", "triplet", "topk", "ranks", "similarity")
@@ -23,10 +27,10 @@ _ALIASES = {
     "target_ranks": "ranks", "rank": "ranks",
 }
 
-_DEFAULT: Tuple[str, ...] = tuple(AUTO_CUDA_PREFERENCE)  # ("cuda", "triton")
+_DEFAULT: Tuple[str, ...] = ("blas", "triton")
 
-# {family: {dtype or None (any dtype): order}}. Unmeasured so far: every entry is the default order.
-# Source: none yet (initial guess, to be replaced by benchmark results).
+# {family: {dtype or None (any dtype): order}}. Unmeasured on GPUs so far: every entry is the default order, so
+# every GPU backend is probed once before auto uses it. Source: issue 14 (design order), no GPU benchmark JSON yet.
 _TABLE: Dict[str, Dict[Optional[torch.dtype], Tuple[str, ...]]] = {
     "contrastive": {None: _DEFAULT},
     "triplet": {None: _DEFAULT},
@@ -49,9 +53,26 @@ def preferred_cuda_backends(op: str, dtype: Optional[torch.dtype] = None) -> Tup
     """GPU backends to try, in order, for ``op`` on CUDA tensors of ``dtype`` (None = unknown dtype).
 
     Returns an empty tuple when no GPU backend takes ``dtype`` (the caller then uses ``"torch"``); an unknown op
-    gets the default order ("cuda", "triton").
+    gets the default order ("blas", "triton").
     """
     if dtype in _NO_GPU_DTYPES:
         return ()
     per_dtype = _TABLE.get(op_family(op), {})
     return per_dtype.get(dtype, per_dtype.get(None, _DEFAULT))
+
+
+# CPU: smallest work (number of scores M·N, or Q·G) from which "blas" beat "cpu" at d=256, fp32, 2 threads.
+# Source: benchmarks/results/{losses,retrieval}-cpu.json (see benchmarks/RESULTS.md), refreshed by hand.
+CPU_BLAS_MIN_WORK: Dict[str, int] = {
+    "contrastive": 0,
+    "triplet": 0,
+    "topk": 0,
+    "ranks": 0,
+    "similarity": 0,
+}
+
+
+def cpu_prefers_blas(op: str, dtype: Optional[torch.dtype] = None, work: int = 0) -> bool:
+    """Whether ``auto`` should take ``"blas"`` over ``"cpu"`` for ``op`` on CPU tensors with ``work`` scores."""
+    limit = CPU_BLAS_MIN_WORK.get(op_family(op))
+    return limit is not None and work >= limit

@@ -12,12 +12,17 @@ direction weighted. CLIP: ``(0, 1, 0, 1)``, ``w_row = w_col = 1/(2B)``. 1-to-K (
 Contents:
     * the plain-torch reference of the kernel contract (the ``"torch"`` backend, and the tests' oracle for
       the other backends): :func:`contrastive_forward_torch`, :func:`contrastive_backward_torch`;
-    * the CPU host functions over ``ccr_fast._C``: :func:`contrastive_forward_cpu`, :func:`contrastive_backward_cpu`;
-    * :func:`contrastive_forward` / :func:`contrastive_backward`: dispatch to a named backend (``"cuda"`` →
-      ``ccr_fast.ops._cuda``, ``"triton"`` → ``ccr_fast.backends.triton.contrastive``, imported lazily);
-    * the custom ops ``ccr_fast::contrastive_fwd`` (→ loss, lse_row, lse_col) and ``ccr_fast::contrastive_bwd``
-      (→ dx, dy, dscale) with fake kernels and autograd, so ``torch.compile(fullgraph=True)`` sees one opaque op;
-    * :func:`contrastive_loss`: the entry the public losses call (autocast policy, backend choice).
+    * ``HOST``: ``{backend: host functions}`` (``ccr_fast.backends.<name>.contrastive``, imported lazily);
+    * :func:`contrastive_forward` / :func:`contrastive_backward`: the kernel contract on a named backend;
+    * the custom ops ``ccr_fast::contrastive_fwd`` (→ loss, lse_row, lse_col, kept scores) and
+      ``ccr_fast::contrastive_bwd`` (→ dx, dy, dscale) with fake kernels and autograd, so
+      ``torch.compile(fullgraph=True)`` sees one opaque op;
+    * :func:`contrastive_loss`: the entry the public losses call (autocast policy and backend choice through
+      :mod:`ccr_fast.ops.dispatch`).
+
+Keep-Z (``"blas"`` on CPU): when the whole ``M×N`` score matrix fits the blas workspace budget
+(:func:`ccr_fast.backends.blas.keeps_scores`), the forward writes ``Z`` into a buffer saved for the backward,
+which reads it instead of recomputing the tiles (one GEMM less). Otherwise the buffer is empty.
 
 Autocast policy (kernels.md §6, the ``custom_fwd``/``custom_bwd``-without-casting rule): when autocast is enabled
 for the inputs' device, float16/float32/bfloat16 features are cast to the autocast dtype (fp64 is left alone),
@@ -26,12 +31,12 @@ of the autograd graph). Without autocast, the inputs' dtype is used as is.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
-from .._backend import DTYPE_CODES, extension, resolve_backend
-from ._common import acc_dtype, cpu_operand, rows_contiguous
+from . import dispatch
+from ._common import acc_dtype
 
 Tensor = torch.Tensor
 
@@ -109,72 +114,11 @@ def contrastive_backward_torch(x: Tensor, y: Tensor, scale: Tensor, lse_row: Ten
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# CPU host functions (ccr_fast._C)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def contrastive_forward_cpu(x: Tensor, y: Tensor, scale: Tensor, row_off: int, row_div: int, col_off: int,
-                            col_div: int, compute_col: bool, *, tile_m: int = 0,
-                            tile_n: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """CPU kernel forward (same contract as :func:`contrastive_forward_torch`).
-
-    fp16/bf16 operands are converted to float32 first. ``tile_m``/``tile_n`` override the kernel's tile sizes
-    (0 = default; tests use small tiles to exercise the multi-tile paths).
-    """
-    x, y = cpu_operand(x), cpu_operand(y)
-    if x.dtype != y.dtype:  # float32 vs float64: compute in the wider one
-        x, y = x.double(), y.double()
-    M, N, d = x.shape[0], y.shape[0], x.shape[1]
-    acc = x.dtype
-    lse_row, pos_row = torch.empty(M, dtype=acc), torch.empty(M, dtype=acc)
-    lse_col, pos_col = torch.empty(N, dtype=acc), torch.empty(N, dtype=acc)
-    extension().contrastive_forward_cpu(
-        x.data_ptr(), y.data_ptr(), M, N, d, x.stride(0), y.stride(0), DTYPE_CODES[acc], float(scale),
-        int(row_off), int(row_div), int(col_off), int(col_div), bool(compute_col),
-        lse_row.data_ptr(), lse_col.data_ptr(), pos_row.data_ptr(), pos_col.data_ptr(), tile_m=tile_m, tile_n=tile_n)
-    return lse_row, lse_col, pos_row, pos_col
-
-
-def contrastive_backward_cpu(x: Tensor, y: Tensor, scale: Tensor, lse_row: Tensor, lse_col: Tensor,
-                             row_coef: Tensor, col_coef: Tensor, w_pos: float, row_off: int, row_div: int,
-                             col_off: int, col_div: int, *, tile_m: int = 0,
-                             tile_n: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
-    """CPU kernel backward (same contract as :func:`contrastive_backward_torch`)."""
-    x, y = cpu_operand(x), cpu_operand(y)
-    if x.dtype != y.dtype:
-        x, y = x.double(), y.double()
-    M, N, d = x.shape[0], y.shape[0], x.shape[1]
-    acc = x.dtype
-    vec = [t.to(acc).contiguous() for t in (lse_row, lse_col, row_coef, col_coef)]
-    dx, dy, dscale = torch.empty(M, d, dtype=acc), torch.empty(N, d, dtype=acc), torch.empty((), dtype=acc)
-    extension().contrastive_backward_cpu(
-        x.data_ptr(), y.data_ptr(), M, N, d, x.stride(0), y.stride(0), DTYPE_CODES[acc], float(scale),
-        vec[0].data_ptr(), vec[1].data_ptr(), vec[2].data_ptr(), vec[3].data_ptr(), float(w_pos),
-        int(row_off), int(row_div), int(col_off), int(col_div), dx.data_ptr(), dy.data_ptr(), dscale.data_ptr(),
-        tile_m=tile_m, tile_n=tile_n)
-    return dx, dy, dscale
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Backend dispatch
 # ---------------------------------------------------------------------------------------------------------------
 
-
-def _host_functions(backend: str):
-    """(forward, backward) host functions of a concrete backend; GPU modules are imported only when asked for."""
-    if backend == "cpu":
-        return contrastive_forward_cpu, contrastive_backward_cpu
-    if backend == "torch":
-        return contrastive_forward_torch, contrastive_backward_torch
-    if backend == "cuda":
-        from . import _cuda  # noqa: PLC0415 - lazy: written against the same contract, may be absent
-
-        return _cuda.contrastive_forward, _cuda.contrastive_backward
-    if backend == "triton":
-        from ..backends.triton import contrastive as _tri  # noqa: PLC0415
-
-        return _tri.contrastive_forward, _tri.contrastive_backward
-    raise ValueError(f"backend must be a concrete backend ('cuda', 'triton', 'cpu', 'torch'), got {backend!r}")
+HOST = dispatch.host_table("contrastive", {"contrastive_forward": contrastive_forward_torch,
+                                           "contrastive_backward": contrastive_backward_torch})
 
 
 def _kernel_scale(scale: Tensor, x: Tensor) -> Tensor:
@@ -183,23 +127,28 @@ def _kernel_scale(scale: Tensor, x: Tensor) -> Tensor:
 
 
 def contrastive_forward(x: Tensor, y: Tensor, scale: Tensor, row_off: int, row_div: int, col_off: int, col_div: int,
-                        compute_col: bool, *, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Kernel-contract forward on a concrete ``backend`` (no autograd). See the module docstring."""
-    fwd, _ = _host_functions(backend)
-    if backend != "torch":
-        x, y = rows_contiguous(x), rows_contiguous(y)
-    return fwd(x, y, _kernel_scale(scale, x), row_off, row_div, col_off, col_div, compute_col)
+                        compute_col: bool, *, backend: str, keep: Optional[Tensor] = None
+                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Kernel-contract forward on a concrete ``backend`` (no autograd). See the module docstring.
+
+    ``keep`` ([M, N] acc dtype, blas only): also store ``Z`` there for :func:`contrastive_backward`.
+    """
+    fwd = dispatch.host(HOST, backend, "contrastive_forward")
+    kw = {} if keep is None else {"keep": keep}
+    return fwd(x, y, _kernel_scale(scale, x), row_off, row_div, col_off, col_div, compute_col, **kw)
 
 
 def contrastive_backward(x: Tensor, y: Tensor, scale: Tensor, lse_row: Tensor, lse_col: Tensor, row_coef: Tensor,
                          col_coef: Tensor, w_pos: float, row_off: int, row_div: int, col_off: int, col_div: int, *,
-                         backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """Kernel-contract backward on a concrete ``backend`` (no autograd). See the module docstring."""
-    _, bwd = _host_functions(backend)
-    if backend != "torch":
-        x, y = rows_contiguous(x), rows_contiguous(y)
+                         backend: str, saved: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """Kernel-contract backward on a concrete ``backend`` (no autograd). See the module docstring.
+
+    ``saved`` (blas only): the raw scores kept by the forward (read only).
+    """
+    bwd = dispatch.host(HOST, backend, "contrastive_backward")
+    kw = {} if saved is None or saved.numel() == 0 else {"saved": saved}
     return bwd(x, y, _kernel_scale(scale, x), lse_row, lse_col, row_coef, col_coef, w_pos, row_off, row_div,
-               col_off, col_div)
+               col_off, col_div, **kw)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -207,9 +156,19 @@ def contrastive_backward(x: Tensor, y: Tensor, scale: Tensor, lse_row: Tensor, l
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _keep_shape(x: Tensor, y: Tensor, backend: str) -> Tuple[int, ...]:
+    """Shape of the kept-scores buffer: [M, N] when ``backend`` keeps Z (blas on CPU, within budget), else [0]."""
+    if backend == "blas" and x.device.type == "cpu":
+        from ..backends.blas import keeps_scores  # noqa: PLC0415
+
+        if keeps_scores(x.shape[0], y.shape[0], acc_dtype(x.dtype)):
+            return (x.shape[0], y.shape[0])
+    return (0,)
+
+
 @torch.library.custom_op("ccr_fast::contrastive_fwd", mutates_args=())
 def contrastive_fwd(x: Tensor, y: Tensor, scale: Tensor, row_off: int, row_div: int, col_off: int, col_div: int,
-                    w_row: float, w_col: float, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+                    w_row: float, w_col: float, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Fused contrastive loss forward.
 
     Args:
@@ -218,34 +177,39 @@ def contrastive_fwd(x: Tensor, y: Tensor, scale: Tensor, row_off: int, row_div: 
         row-only cross-entropy, the column LSE is skipped). backend: a concrete backend name.
 
     Returns:
-        loss 0-dim, lse_row [M], lse_col [N] (acc dtype; the LSEs are saved for backward, not differentiable).
+        loss 0-dim, lse_row [M], lse_col [N] (acc dtype; the LSEs are saved for backward, not differentiable),
+        kept [M, N] acc (the scores kept for the backward, see the module docstring) or [0].
     """
     with torch.autocast(x.device.type, enabled=False):
+        kept = x.new_empty(_keep_shape(x, y, backend), dtype=acc_dtype(x.dtype))
         lse_row, lse_col, pos_row, pos_col = contrastive_forward(
-            x, y, scale, row_off, row_div, col_off, col_div, w_col != 0.0, backend=backend)
+            x, y, scale, row_off, row_div, col_off, col_div, w_col != 0.0, backend=backend,
+            keep=kept if kept.numel() else None)
         npos_row, npos_col = positive_counts(x.shape[0], y.shape[0], row_off, row_div, col_off, col_div,
                                              x.device, lse_row.dtype)
         loss = w_row * (npos_row * lse_row - pos_row).sum()
         if w_col != 0.0:
             loss = loss + w_col * (npos_col * lse_col - pos_col).sum()
-    return loss, lse_row, lse_col
+    return loss, lse_row, lse_col, kept
 
 
 @contrastive_fwd.register_fake
 def _contrastive_fwd_fake(x, y, scale, row_off, row_div, col_off, col_div, w_row, w_col, backend):
     acc = acc_dtype(x.dtype)
-    return x.new_empty((), dtype=acc), x.new_empty((x.shape[0],), dtype=acc), x.new_empty((y.shape[0],), dtype=acc)
+    return (x.new_empty((), dtype=acc), x.new_empty((x.shape[0],), dtype=acc), x.new_empty((y.shape[0],), dtype=acc),
+            x.new_empty(_keep_shape(x, y, backend), dtype=acc))
 
 
 @torch.library.custom_op("ccr_fast::contrastive_bwd", mutates_args=())
 def contrastive_bwd(grad: Tensor, x: Tensor, y: Tensor, scale: Tensor, lse_row: Tensor, lse_col: Tensor,
-                    row_off: int, row_div: int, col_off: int, col_div: int, w_row: float, w_col: float,
+                    kept: Tensor, row_off: int, row_div: int, col_off: int, col_div: int, w_row: float, w_col: float,
                     backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradients of ``grad · loss`` of :func:`contrastive_fwd`.
 
     The kernel runs with the unit-gradient coefficients (``row_coef = w_row·npos_row``, ``col_coef =
     w_col·npos_col``, ``w_pos = w_row + w_col``) and the results are multiplied by ``grad`` on the device
-    (dZ is linear in the three coefficients), so no host sync is needed for the upstream gradient.
+    (dZ is linear in the three coefficients), so no host sync is needed for the upstream gradient. A non-empty
+    ``kept`` (the forward's raw scores) is read instead of recomputing them.
 
     Returns:
         dx [M, d] in x's dtype, dy [N, d] in y's dtype, dscale 0-dim in scale's dtype.
@@ -255,29 +219,30 @@ def contrastive_bwd(grad: Tensor, x: Tensor, y: Tensor, scale: Tensor, lse_row: 
         npos_row, npos_col = positive_counts(x.shape[0], y.shape[0], row_off, row_div, col_off, col_div,
                                              x.device, acc)
         dx, dy, dscale = contrastive_backward(x, y, scale, lse_row, lse_col, w_row * npos_row, w_col * npos_col,
-                                              w_row + w_col, row_off, row_div, col_off, col_div, backend=backend)
+                                              w_row + w_col, row_off, row_div, col_off, col_div, backend=backend,
+                                              saved=kept)
         g = grad.to(acc)
         return (dx * g).to(x.dtype), (dy * g).to(y.dtype), (dscale * g).to(scale.dtype)
 
 
 @contrastive_bwd.register_fake
-def _contrastive_bwd_fake(grad, x, y, scale, lse_row, lse_col, row_off, row_div, col_off, col_div, w_row, w_col,
-                          backend):
+def _contrastive_bwd_fake(grad, x, y, scale, lse_row, lse_col, kept, row_off, row_div, col_off, col_div, w_row,
+                          w_col, backend):
     return torch.empty_like(x, memory_format=torch.contiguous_format), \
         torch.empty_like(y, memory_format=torch.contiguous_format), scale.new_empty(())
 
 
 def _fwd_setup_context(ctx, inputs, output):
     x, y, scale, row_off, row_div, col_off, col_div, w_row, w_col, backend = inputs
-    _, lse_row, lse_col = output
-    ctx.mark_non_differentiable(lse_row, lse_col)
-    ctx.save_for_backward(x, y, scale, lse_row, lse_col)
+    _, lse_row, lse_col, kept = output
+    ctx.mark_non_differentiable(lse_row, lse_col, kept)
+    ctx.save_for_backward(x, y, scale, lse_row, lse_col, kept)
     ctx.args = (row_off, row_div, col_off, col_div, w_row, w_col, backend)
 
 
-def _fwd_backward(ctx, grad_loss, grad_lse_row, grad_lse_col):
-    x, y, scale, lse_row, lse_col = ctx.saved_tensors
-    dx, dy, dscale = torch.ops.ccr_fast.contrastive_bwd(grad_loss, x, y, scale, lse_row, lse_col, *ctx.args)
+def _fwd_backward(ctx, grad_loss, grad_lse_row, grad_lse_col, grad_kept):
+    x, y, scale, lse_row, lse_col, kept = ctx.saved_tensors
+    dx, dy, dscale = torch.ops.ccr_fast.contrastive_bwd(grad_loss, x, y, scale, lse_row, lse_col, kept, *ctx.args)
     need = ctx.needs_input_grad
     return (dx if need[0] else None, dy if need[1] else None, dscale if need[2] else None,
             None, None, None, None, None, None, None)
@@ -290,18 +255,7 @@ contrastive_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup_contex
 # Entry point used by ccr_fast.losses
 # ---------------------------------------------------------------------------------------------------------------
 
-
-def autocast_operands(x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
-    """Apply the autocast policy of this module to the two feature operands (see the module docstring)."""
-    dev = x.device.type
-    if torch.is_autocast_enabled(dev):
-        dt = torch.get_autocast_dtype(dev)
-        x = x if x.dtype == torch.float64 else x.to(dt)
-        y = y if y.dtype == torch.float64 else y.to(dt)
-    if x.dtype != y.dtype:  # only reachable under autocast with an fp64 operand
-        wide = torch.promote_types(x.dtype, y.dtype)
-        x, y = x.to(wide), y.to(wide)
-    return x, y
+autocast_operands = dispatch.autocast_operands
 
 
 def contrastive_loss(x: Tensor, y: Tensor, scale: Tensor, *, row_off: int = 0, row_div: int = 1, col_off: int = 0,
@@ -311,15 +265,13 @@ def contrastive_loss(x: Tensor, y: Tensor, scale: Tensor, *, row_off: int = 0, r
     Args:
         x: [M, d], y: [N, d] validated features. scale: 0-dim tensor (may require grad).
         row_off, row_div, col_off, col_div: the positive rule. w_row, w_col: direction weights.
-        backend: ``"auto"`` or a backend name (resolved with :func:`ccr_fast._backend.resolve_backend`).
+        backend: ``"auto"`` or a backend name (resolved by :func:`ccr_fast.ops.dispatch.resolve`).
 
     Returns:
         0-dim loss (float32; float64 for float64 inputs).
     """
-    x, y = autocast_operands(x, y)
-    name = resolve_backend(backend, x.device, op="contrastive loss")
-    if name in ("triton", "cuda") and x.dtype == torch.float64:
-        raise RuntimeError(f"backend {name!r} does not take float64 inputs; use backend='cpu' or 'torch'")
-    loss, _, _ = torch.ops.ccr_fast.contrastive_fwd(x, y, scale, int(row_off), int(row_div), int(col_off),
-                                                    int(col_div), float(w_row), float(w_col), name)
+    x, y = dispatch.autocast_operands(x, y)
+    name = dispatch.resolve("contrastive", backend, x.device, x.dtype, work=x.shape[0] * y.shape[0])
+    loss = torch.ops.ccr_fast.contrastive_fwd(x, y, scale, int(row_off), int(row_div), int(col_off), int(col_div),
+                                              float(w_row), float(w_col), name)[0]
     return loss

@@ -11,10 +11,9 @@ with the target's own score computed by the same arithmetic as the others (it ne
 Contents:
     * :func:`target_ranks_torch`: the plain-torch reference (``"torch"`` backend and oracle; materialises the
       scores one block of query rows at a time);
-    * :func:`target_ranks_cpu`: the CPU host function over ``ccr_fast._C.target_ranks_cpu`` (optionally also the
-      rank of every target);
-    * :func:`target_ranks_backend`: the kernel contract on a named backend (``"cuda"`` →
-      ``ccr_fast.ops._cuda.target_ranks``, ``"triton"`` → ``ccr_fast.backends.triton.ranks.target_ranks``, lazily);
+    * ``HOST``: ``{backend: host functions}`` (``ccr_fast.backends.<name>.ranks``, imported lazily); the ``cpu``,
+      ``blas`` and ``torch`` host functions can also return the rank of every target;
+    * :func:`target_ranks_backend`: the kernel contract on a named backend;
     * the custom ops ``ccr_fast::target_ranks`` (→ ranks[Q]) and ``ccr_fast::target_ranks_all`` (→ ranks[Q],
       all_ranks[Q, T]) with fake kernels (no autograd);
     * :func:`count_target_ranks`: the validated entry point behind :func:`ccr_fast.retrieval.target_ranks`.
@@ -26,8 +25,8 @@ from typing import Tuple, Union
 import torch
 from torch import Tensor
 
-from .._backend import DTYPE_CODES, extension, resolve_backend
-from ._common import acc_dtype, cpu_operand, rows_contiguous
+from . import dispatch
+from ._common import acc_dtype
 from .topk import _check_pair
 
 _REFERENCE_BLOCK_ELEMS = 1 << 22  # compare-tensor elements (rows · T · G) the reference builds at once
@@ -57,40 +56,10 @@ def target_ranks_torch(q: Tensor, g: Tensor, targets: Tensor, return_all: bool =
     return (ranks, all_ranks) if return_all else ranks
 
 
-def target_ranks_cpu(q: Tensor, g: Tensor, targets: Tensor, return_all: bool = False, num_splits: int = 0
-                     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-    """CPU kernel ranks (same outputs as :func:`target_ranks_torch`).
+HOST = dispatch.host_table("ranks", {"target_ranks": target_ranks_torch})
 
-    Args:
-        q: [Q, d], g: [G, d] CPU float tensors. targets: [Q, T] int64 in [−1, G).
-        return_all: also return the rank of every target [Q, T] (−1 at padding).
-        num_splits: gallery splits whose counts are summed (0 = automatic; > 1 forces the split path, for tests).
-    """
-    q, g = cpu_operand(q), cpu_operand(g)
-    targets = targets.to(torch.int64).contiguous()
-    n_q, d = q.shape
-    ranks = torch.empty(n_q, dtype=torch.int64)
-    all_ranks = torch.empty(n_q, targets.shape[1], dtype=torch.int64) if return_all else None
-    extension().target_ranks_cpu(q.data_ptr(), q.stride(0), g.data_ptr(), g.stride(0), n_q, g.shape[0], d,
-                                 targets.data_ptr(), targets.shape[1], ranks.data_ptr(),
-                                 all_ranks.data_ptr() if return_all else 0, DTYPE_CODES[q.dtype], int(num_splits))
-    return (ranks, all_ranks) if return_all else ranks
-
-
-def _host_function(backend: str):
-    if backend == "cpu":
-        return target_ranks_cpu
-    if backend == "torch":
-        return target_ranks_torch
-    if backend == "cuda":
-        from . import _cuda  # noqa: PLC0415 - lazy: written against the same contract
-
-        return _cuda.target_ranks
-    if backend == "triton":
-        from ..backends.triton import ranks as _tri  # noqa: PLC0415
-
-        return _tri.target_ranks
-    raise ValueError(f"backend must be a concrete backend ('cuda', 'triton', 'cpu', 'torch'), got {backend!r}")
+# Backends whose host function takes ``return_all`` (the others are called once per target column for it).
+_RETURN_ALL = ("cpu", "blas", "torch")
 
 
 def target_ranks_backend(q: Tensor, g: Tensor, targets: Tensor, *, backend: str, return_all: bool = False
@@ -100,10 +69,8 @@ def target_ranks_backend(q: Tensor, g: Tensor, targets: Tensor, *, backend: str,
     With ``return_all`` the GPU backends (whose contract returns only the best rank) are called once per target
     column.
     """
-    fn = _host_function(backend)
-    if backend != "torch":
-        q, g = rows_contiguous(q), rows_contiguous(g)
-    if backend in ("cpu", "torch"):
+    fn = dispatch.host(HOST, backend, "target_ranks")
+    if backend in _RETURN_ALL and (backend == "torch" or q.device.type == "cpu"):
         return fn(q, g, targets, return_all)
     ranks = fn(q, g, targets.contiguous())
     if not return_all:
@@ -145,7 +112,7 @@ def count_target_ranks(queries: Tensor, gallery: Tensor, targets: Tensor, *, bac
     Args:
         queries: [Q, d] float tensor. gallery: [G, d], same device and dtype.
         targets: integer [Q] or [Q, T] gallery indices in [0, G); −1 marks padding.
-        backend: ``"auto"``, ``"cuda"``, ``"triton"``, ``"cpu"`` or ``"torch"``.
+        backend: ``"auto"``, ``"blas"``, ``"cuda"``, ``"triton"``, ``"cpu"`` or ``"torch"``.
         return_all: also return the rank of every target, [Q, T] int64 (−1 at padding; [Q, 1] for 1-D targets).
 
     Returns:
@@ -174,9 +141,7 @@ def count_target_ranks(queries: Tensor, gallery: Tensor, targets: Tensor, *, bac
         if lo < -1 or hi >= gallery.shape[0]:
             raise ValueError(f"targets must be gallery indices in [0, G={gallery.shape[0]}) or -1 for padding, got "
                              f"values in [{lo}, {hi}]")
-    name = resolve_backend(backend, queries.device, op="target_ranks")
-    if name in ("triton", "cuda") and queries.dtype == torch.float64:
-        raise RuntimeError(f"backend {name!r} does not take float64 inputs; use backend='cpu' or 'torch'")
+    name = dispatch.resolve("ranks", backend, queries.device, queries.dtype, work=queries.shape[0] * gallery.shape[0])
     queries, gallery = queries.detach(), gallery.detach()
     if return_all:
         return torch.ops.ccr_fast.target_ranks_all(queries, gallery, targets, name)

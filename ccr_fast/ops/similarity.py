@@ -1,9 +1,9 @@
 """Similarity op family: ``scores = queries · galleryᵀ`` (docs/interop.md, "similarity").
 
-Contents: the plain-torch reference (:func:`similarity_torch`, the ``"torch"`` backend and the oracle), the CPU
-host function over ``ccr_fast._C`` (:func:`similarity_cpu`), dispatch to ``ccr_fast.ops._cuda.similarity`` /
-``ccr_fast.backends.triton.similarity.similarity`` (imported lazily), the custom op ``ccr_fast::similarity`` (fake kernel
-and autograd: ``dq = grad · g``, ``dg = gradᵀ · q``) and the validated entry :func:`similarity`.
+Contents: the plain-torch reference (:func:`similarity_torch`, the ``"torch"`` backend and the oracle), ``HOST``
+(``{backend: host functions}``, ``ccr_fast.backends.<name>.similarity`` imported lazily), the custom op
+``ccr_fast::similarity`` (fake kernel and autograd: ``dq = grad · g``, ``dg = gradᵀ · q``) and the validated entry
+:func:`similarity`.
 
 Scores are accumulated in fp32 (fp64 for fp64 inputs) and returned in the input dtype. Under autocast the
 operands are cast to the autocast dtype first (fp64 left alone), like a matmul.
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import DTYPE_CODES, extension, resolve_backend
-from ._common import acc_dtype, check_same, check_tensor, cpu_operand, rows_contiguous
+from . import dispatch
+from ._common import acc_dtype, check_same, check_tensor
 
 Tensor = torch.Tensor
 
@@ -24,33 +24,12 @@ def similarity_torch(q: Tensor, g: Tensor) -> Tensor:
     return q.to(acc) @ g.to(acc).T
 
 
-def similarity_cpu(q: Tensor, g: Tensor) -> Tensor:
-    """CPU kernel: q [Q, d], g [G, d] (fp16/bf16 converted to fp32) → scores [Q, G] acc dtype."""
-    q, g = cpu_operand(q), cpu_operand(g)
-    if q.dtype != g.dtype:
-        q, g = q.double(), g.double()
-    out = torch.empty(q.shape[0], g.shape[0], dtype=q.dtype)
-    extension().similarity_cpu(q.data_ptr(), g.data_ptr(), q.shape[0], g.shape[0], q.shape[1], q.stride(0),
-                               g.stride(0), DTYPE_CODES[q.dtype], out.data_ptr(), out.stride(0))
-    return out
+HOST = dispatch.host_table("similarity", {"similarity": similarity_torch})
 
 
 def similarity_backend(q: Tensor, g: Tensor, backend: str) -> Tensor:
     """Scores [Q, G] in the accumulation dtype from a concrete ``backend`` (no autograd, no validation)."""
-    if backend == "torch":
-        return similarity_torch(q, g)
-    q, g = rows_contiguous(q), rows_contiguous(g)
-    if backend == "cpu":
-        return similarity_cpu(q, g)
-    if backend == "cuda":
-        from . import _cuda  # noqa: PLC0415 - lazy: may be absent
-
-        return _cuda.similarity(q, g)
-    if backend == "triton":
-        from ..backends.triton import similarity as _tri  # noqa: PLC0415
-
-        return _tri.similarity(q, g)
-    raise ValueError(f"backend must be a concrete backend ('cuda', 'triton', 'cpu', 'torch'), got {backend!r}")
+    return dispatch.host(HOST, backend, "similarity")(q, g)
 
 
 @torch.library.custom_op("ccr_fast::similarity", mutates_args=())
@@ -88,7 +67,7 @@ def similarity(queries: Tensor, gallery: Tensor, *, backend: str = "auto") -> Te
 
     Args:
         queries: [Q, d]. gallery: [G, d], same device and dtype (mixed dtypes only under autocast).
-        backend: "auto", "cuda", "triton", "cpu" or "torch".
+        backend: "auto", "blas", "cuda", "triton", "cpu" or "torch".
 
     Returns:
         scores [Q, G] in the (autocast) input dtype, accumulated in fp32 (fp64 for fp64).
@@ -108,7 +87,6 @@ def similarity(queries: Tensor, gallery: Tensor, *, backend: str = "auto") -> Te
     if gallery.shape[1] != queries.shape[1]:
         raise ValueError(f"gallery must have feature size {queries.shape[1]} (that of queries), "
                          f"got shape {tuple(gallery.shape)}")
-    name = resolve_backend(backend, queries.device, op="similarity")
-    if name in ("cuda", "triton") and queries.dtype == torch.float64:
-        raise RuntimeError(f"backend {name!r} does not take float64 inputs; use backend='cpu' or 'torch'")
+    name = dispatch.resolve("similarity", backend, queries.device, queries.dtype,
+                            work=queries.shape[0] * gallery.shape[0])
     return torch.ops.ccr_fast.similarity(queries, gallery, name)

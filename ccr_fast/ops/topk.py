@@ -7,9 +7,8 @@ keep O(Q·k) state; the Q×G matrix never exists.
 Contents:
     * :func:`topk_torch`: the plain-torch reference (the ``"torch"`` backend and the tests' oracle); it
       materialises the scores one block of query rows at a time and uses a stable descending sort;
-    * :func:`topk_cpu`: the CPU host function over ``ccr_fast._C.topk_cpu``;
-    * :func:`topk_backend`: the kernel contract on a named backend (``"cuda"`` → ``ccr_fast.ops._cuda.topk``,
-      ``"triton"`` → ``ccr_fast.backends.triton.topk.topk``, imported lazily);
+    * ``HOST``: ``{backend: host functions}`` (``ccr_fast.backends.<name>.topk``, imported lazily);
+    * :func:`topk_backend`: the kernel contract on a named backend;
     * the custom op ``ccr_fast::topk`` (fake kernel; no autograd), so ``torch.compile`` sees one opaque op;
     * :func:`streaming_topk`: the validated entry point behind :func:`ccr_fast.retrieval.topk`.
 
@@ -23,8 +22,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._backend import DTYPE_CODES, extension, resolve_backend
-from ._common import acc_dtype, check_finite, check_same, check_tensor, cpu_operand, rows_contiguous
+from . import dispatch
+from ._common import acc_dtype, check_finite, check_same, check_tensor
 
 # Scores the reference materialises at once (elements): 4M fp32 = 16 MiB per block of query rows.
 _REFERENCE_BLOCK_ELEMS = 1 << 22
@@ -47,48 +46,12 @@ def topk_torch(q: Tensor, g: Tensor, k: int, block_size: int = 0) -> Tuple[Tenso
     return torch.cat(scores), torch.cat(indices)
 
 
-def topk_cpu(q: Tensor, g: Tensor, k: int, block_size: int = 0, num_splits: int = 0) -> Tuple[Tensor, Tensor]:
-    """CPU kernel top-k (same outputs as :func:`topk_torch`).
-
-    Args:
-        q: [Q, d], g: [G, d] CPU float tensors of one dtype. k: 1 <= k <= G.
-        block_size: gallery rows per streamed block (0 = the kernel's default, ~256 KiB per block).
-        num_splits: gallery splits merged at the end (0 = automatic: split only when Q < 2·threads); values > 1
-            force the split-and-merge path (tests).
-    """
-    q, g = cpu_operand(q), cpu_operand(g)
-    n_q, d = q.shape
-    acc = acc_dtype(q.dtype)
-    scores = torch.empty(n_q, k, dtype=acc)
-    indices = torch.empty(n_q, k, dtype=torch.int64)
-    extension().topk_cpu(q.data_ptr(), q.stride(0), g.data_ptr(), g.stride(0), n_q, g.shape[0], d, int(k),
-                         int(block_size), scores.data_ptr(), indices.data_ptr(), DTYPE_CODES[q.dtype],
-                         int(num_splits))
-    return scores, indices
-
-
-def _host_function(backend: str):
-    if backend == "cpu":
-        return topk_cpu
-    if backend == "torch":
-        return topk_torch
-    if backend == "cuda":
-        from . import _cuda  # noqa: PLC0415 - lazy: written against the same contract
-
-        return _cuda.topk
-    if backend == "triton":
-        from ..backends.triton import topk as _tri  # noqa: PLC0415
-
-        return _tri.topk
-    raise ValueError(f"backend must be a concrete backend ('cuda', 'triton', 'cpu', 'torch'), got {backend!r}")
+HOST = dispatch.host_table("topk", {"topk": topk_torch})
 
 
 def topk_backend(q: Tensor, g: Tensor, k: int, block_size: int, *, backend: str) -> Tuple[Tensor, Tensor]:
     """Kernel-contract top-k on a concrete ``backend`` (no validation): scores [Q, k] acc, indices [Q, k] int64."""
-    fn = _host_function(backend)
-    if backend != "torch":
-        q, g = rows_contiguous(q), rows_contiguous(g)
-    return fn(q, g, int(k), int(block_size))
+    return dispatch.host(HOST, backend, "topk")(q, g, int(k), int(block_size))
 
 
 @torch.library.custom_op("ccr_fast::topk", mutates_args=())
@@ -123,7 +86,7 @@ def streaming_topk(queries: Tensor, gallery: Tensor, k: int, *, block_size: Opti
         queries: [Q, d] float tensor. gallery: [G, d], same device and dtype.
         k: number of results per query, 1 <= k <= G.
         block_size: gallery rows per streamed block (None = the backend's default).
-        backend: ``"auto"``, ``"cuda"``, ``"triton"``, ``"cpu"`` or ``"torch"``.
+        backend: ``"auto"``, ``"blas"``, ``"cuda"``, ``"triton"``, ``"cpu"`` or ``"torch"``.
 
     Returns:
         scores [Q, k] in the input dtype, sorted descending; indices [Q, k] int64, ties -> lower gallery index.
@@ -143,9 +106,7 @@ def streaming_topk(queries: Tensor, gallery: Tensor, k: int, *, block_size: Opti
         raise TypeError(f"block_size must be an int or None, got {type(block_size).__name__}")
     elif block_size < 1:
         raise ValueError(f"block_size must be >= 1 (or None for the default), got {block_size}")
-    name = resolve_backend(backend, queries.device, op="topk")
-    if name in ("triton", "cuda") and queries.dtype == torch.float64:
-        raise RuntimeError(f"backend {name!r} does not take float64 inputs; use backend='cpu' or 'torch'")
+    name = dispatch.resolve("topk", backend, queries.device, queries.dtype, work=queries.shape[0] * gallery.shape[0])
     # top-k is not differentiable here: the op sees detached operands
     scores, indices = torch.ops.ccr_fast.topk(queries.detach(), gallery.detach(), k, block_size, name)
     return scores.to(queries.dtype), indices

@@ -11,9 +11,8 @@ Hardest-negative ties go to the lower index; a hinge at exactly 0 has gradient 0
 Contents:
     * the plain-torch reference (the ``"torch"`` backend and the tests' oracle): :func:`triplet_forward_torch`,
       :func:`triplet_backward_torch`;
-    * the CPU host functions over ``ccr_fast._C``: :func:`triplet_forward_cpu`, :func:`triplet_backward_cpu`;
-    * :func:`triplet_forward` / :func:`triplet_backward`: the kernel contract on a named backend (``"cuda"`` →
-      ``ccr_fast.ops._cuda``, ``"triton"`` → ``ccr_fast.backends.triton.triplet``, imported lazily);
+    * ``HOST``: ``{backend: host functions}`` (``ccr_fast.backends.<name>.triplet``, imported lazily);
+    * :func:`triplet_forward` / :func:`triplet_backward`: the kernel contract on a named backend;
     * the custom ops ``ccr_fast::triplet_fwd`` (→ summed loss, row_idx, col_idx) and ``ccr_fast::triplet_bwd``
       (→ da, db) with fake kernels and autograd;
     * :func:`triplet_loss`: the validated entry point used by :mod:`ccr_fast.losses`.
@@ -30,9 +29,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .._backend import DTYPE_CODES, extension, resolve_backend
-from ._common import acc_dtype, check_same, check_tensor, cpu_operand, rows_contiguous
-from .contrastive import autocast_operands
+from . import dispatch
+from ._common import acc_dtype, check_same, check_tensor
 
 REDUCTIONS = ("sum", "mean")
 
@@ -87,76 +85,24 @@ def triplet_backward_torch(a: Tensor, b: Tensor, margin: float, max_violation: b
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# CPU host functions (ccr_fast._C)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def triplet_forward_cpu(a: Tensor, b: Tensor, margin: float, max_violation: bool
-                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """CPU kernel forward: same outputs as :func:`triplet_forward_torch` (fp16/bf16 computed in float32)."""
-    a, b = cpu_operand(a), cpu_operand(b)
-    n, d = a.shape
-    acc = acc_dtype(a.dtype)
-    row_cost, col_cost = torch.empty(n, dtype=acc), torch.empty(n, dtype=acc)
-    row_idx, col_idx = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
-    extension().triplet_forward_cpu(a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(0), n, d, float(margin),
-                                    bool(max_violation), row_cost.data_ptr(), col_cost.data_ptr(),
-                                    row_idx.data_ptr(), col_idx.data_ptr(), DTYPE_CODES[a.dtype])
-    return row_cost, col_cost, row_idx, col_idx
-
-
-def triplet_backward_cpu(a: Tensor, b: Tensor, margin: float, max_violation: bool, row_idx: Tensor,
-                         col_idx: Tensor, grad: float) -> Tuple[Tensor, Tensor]:
-    """CPU kernel backward: da [B, d], db [B, d] (acc dtype) of ``grad · Σ(row_cost + col_cost)``."""
-    a, b = cpu_operand(a), cpu_operand(b)
-    n, d = a.shape
-    acc = acc_dtype(a.dtype)
-    row_idx = row_idx.to(torch.int64).contiguous()
-    col_idx = col_idx.to(torch.int64).contiguous()
-    da, db = torch.empty(n, d, dtype=acc), torch.empty(n, d, dtype=acc)
-    extension().triplet_backward_cpu(a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(0), n, d, float(margin),
-                                     bool(max_violation), row_idx.data_ptr(), col_idx.data_ptr(), float(grad),
-                                     da.data_ptr(), db.data_ptr(), DTYPE_CODES[a.dtype])
-    return da, db
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Dispatch to a concrete backend (the kernel contract, no autograd)
 # ---------------------------------------------------------------------------------------------------------------
 
-
-def _host_functions(backend: str):
-    """(forward, backward) host functions of a concrete backend; GPU modules are imported only when asked for."""
-    if backend == "cpu":
-        return triplet_forward_cpu, triplet_backward_cpu
-    if backend == "torch":
-        return triplet_forward_torch, triplet_backward_torch
-    if backend == "cuda":
-        from . import _cuda  # noqa: PLC0415 - lazy: written against the same contract
-
-        return _cuda.triplet_forward, _cuda.triplet_backward
-    if backend == "triton":
-        from ..backends.triton import triplet as _tri  # noqa: PLC0415
-
-        return _tri.triplet_forward, _tri.triplet_backward
-    raise ValueError(f"backend must be a concrete backend ('cuda', 'triton', 'cpu', 'torch'), got {backend!r}")
+HOST = dispatch.host_table("triplet", {"triplet_forward": triplet_forward_torch,
+                                       "triplet_backward": triplet_backward_torch})
 
 
 def triplet_forward(a: Tensor, b: Tensor, margin: float, max_violation: bool, *, backend: str
                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Kernel-contract forward on a concrete ``backend``: row_cost, col_cost, row_idx, col_idx."""
-    fwd, _ = _host_functions(backend)
-    if backend != "torch":
-        a, b = rows_contiguous(a), rows_contiguous(b)
+    fwd = dispatch.host(HOST, backend, "triplet_forward")
     return fwd(a, b, float(margin), bool(max_violation))
 
 
 def triplet_backward(a: Tensor, b: Tensor, margin: float, max_violation: bool, row_idx: Tensor, col_idx: Tensor,
                      grad: float, *, backend: str) -> Tuple[Tensor, Tensor]:
     """Kernel-contract backward on a concrete ``backend``: da, db (acc dtype)."""
-    _, bwd = _host_functions(backend)
-    if backend != "torch":
-        a, b = rows_contiguous(a), rows_contiguous(b)
+    bwd = dispatch.host(HOST, backend, "triplet_backward")
     return bwd(a, b, float(margin), bool(max_violation), row_idx, col_idx, float(grad))
 
 
@@ -230,7 +176,7 @@ def triplet_loss(a: Tensor, b: Tensor, *, margin: float = 0.2, max_violation: bo
         margin: hinge margin α (a finite float).
         max_violation: keep only the hardest negative per row and per column (True) or sum all negatives.
         reduction: ``"sum"`` (NRCCR) or ``"mean"`` (divides by B).
-        backend: ``"auto"``, ``"cuda"``, ``"triton"``, ``"cpu"`` or ``"torch"``.
+        backend: ``"auto"``, ``"blas"``, ``"cuda"``, ``"triton"``, ``"cpu"`` or ``"torch"``.
 
     Returns:
         0-dim loss, float32 (float64 for float64 inputs), differentiable w.r.t. a and b.
@@ -253,10 +199,8 @@ def triplet_loss(a: Tensor, b: Tensor, *, margin: float = 0.2, max_violation: bo
         raise TypeError(f"max_violation must be a bool, got {type(max_violation).__name__}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    a, b = autocast_operands(a, b)
-    name = resolve_backend(backend, a.device, op="triplet loss")
-    if name in ("triton", "cuda") and a.dtype == torch.float64:
-        raise RuntimeError(f"backend {name!r} does not take float64 inputs; use backend='cpu' or 'torch'")
+    a, b = dispatch.autocast_operands(a, b)
+    name = dispatch.resolve("triplet", backend, a.device, a.dtype, work=a.shape[0] * a.shape[0])
     if name == "torch":
         row_cost, col_cost, _, _ = triplet_forward_torch(a, b, float(margin), max_violation)
         loss = row_cost.sum() + col_cost.sum()

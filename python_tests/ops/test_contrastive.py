@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 
 from _contrastive_ref import assert_close_fa, clip_ref, general_ref, one_to_k_ref
 from ccr_fast import losses
+from ccr_fast.backends.cpu import contrastive as CPU
 from ccr_fast.ops import contrastive as C
 
-BACKENDS = ["cpu", "torch"]
+from _backends import BACKENDS  # noqa: E402
 
 
 def _feats(n, d, dtype=torch.float32, requires_grad=True):
@@ -60,13 +61,13 @@ CONTRACT_CASES = [
 def test_cpu_forward_contract(M, N, d, offs, tiles):
     x, y = torch.randn(M, d), torch.randn(N, d)
     scale = torch.tensor(3.0)
-    out = C.contrastive_forward_cpu(x, y, scale, *offs, True, tile_m=tiles[0], tile_n=tiles[1])
+    out = CPU.contrastive_forward(x, y, scale, *offs, True, tile_m=tiles[0], tile_n=tiles[1])
     ref = C.contrastive_forward_torch(x.double(), y.double(), scale.double(), *offs, True)
     for o, r, name in zip(out, ref, ("lse_row", "lse_col", "pos_row", "pos_col")):
         assert o.dtype == torch.float32 and o.shape == r.shape
         _close(o.double(), r, rtol=1e-5, atol=1e-5, msg=name)
     # compute_col=False: the row outputs are unchanged
-    out2 = C.contrastive_forward_cpu(x, y, scale, *offs, False, tile_m=tiles[0], tile_n=tiles[1])
+    out2 = CPU.contrastive_forward(x, y, scale, *offs, False, tile_m=tiles[0], tile_n=tiles[1])
     _close(out2[0], out[0])
     _close(out2[2], out[2])
 
@@ -76,10 +77,10 @@ def test_cpu_forward_contract(M, N, d, offs, tiles):
 def test_cpu_backward_contract(M, N, d, offs, dtype):
     x, y = torch.randn(M, d, dtype=dtype), torch.randn(N, d, dtype=dtype)
     scale = torch.tensor(2.5, dtype=dtype)
-    lse_row, lse_col, _, _ = C.contrastive_forward_cpu(x, y, scale, *offs, True)
+    lse_row, lse_col, _, _ = CPU.contrastive_forward(x, y, scale, *offs, True)
     row_coef, col_coef = torch.rand(M, dtype=dtype), torch.rand(N, dtype=dtype)
     col_coef[::2] = 0  # zero coefficients skip their term
-    out = C.contrastive_backward_cpu(x, y, scale, lse_row, lse_col, row_coef, col_coef, 0.7, *offs, tile_m=2,
+    out = CPU.contrastive_backward(x, y, scale, lse_row, lse_col, row_coef, col_coef, 0.7, *offs, tile_m=2,
                                      tile_n=3)
     ref = C.contrastive_backward_torch(x.double(), y.double(), scale.double(), lse_row.double(), lse_col.double(),
                                        row_coef.double(), col_coef.double(), 0.7, *offs)
@@ -93,8 +94,8 @@ def test_row_only_ignores_unspecified_column_lse():
     """col_coef = 0 with lse_col left as zeros (compute_col=False) must not produce inf·0 = NaN at scale 100."""
     x, y = _feats(4, 3, requires_grad=False), _feats(8, 3, requires_grad=False)
     scale = torch.tensor(100.0)
-    lse_row, lse_col, _, _ = C.contrastive_forward_cpu(x, y, scale, 0, 1, 0, 2, False)
-    dx, dy, ds = C.contrastive_backward_cpu(x, y, scale, lse_row, lse_col, torch.ones(4), torch.zeros(8), 1.0,
+    lse_row, lse_col, _, _ = CPU.contrastive_forward(x, y, scale, 0, 1, 0, 2, False)
+    dx, dy, ds = CPU.contrastive_backward(x, y, scale, lse_row, lse_col, torch.ones(4), torch.zeros(8), 1.0,
                                             0, 1, 0, 2)
     assert torch.isfinite(dx).all() and torch.isfinite(dy).all() and torch.isfinite(ds)
 
@@ -428,10 +429,13 @@ def test_opcheck_custom_ops(backend):
     torch.library.opcheck(torch.ops.ccr_fast.contrastive_fwd.default, (x, y, s, 0, 1, 0, 2, 0.1, 0.05, backend))
     torch.library.opcheck(torch.ops.ccr_fast.contrastive_fwd.default,
                           tuple(t.detach().float().requires_grad_() for t in (x, y, s)) + (3, 1, 0, 1, 0.2, 0.0, backend))
-    _, lse_row, lse_col = torch.ops.ccr_fast.contrastive_fwd(x, y, s, 0, 1, 0, 2, 0.1, 0.05, backend)
+    _, lse_row, lse_col, kept = torch.ops.ccr_fast.contrastive_fwd(x, y, s, 0, 1, 0, 2, 0.1, 0.05, backend)
+    from ccr_fast.backends.blas import keeps_scores
+
+    assert kept.shape == ((5, 10) if backend == "blas" and keeps_scores(5, 10, torch.float64) else (0,))
     torch.library.opcheck(torch.ops.ccr_fast.contrastive_bwd.default,
                           (torch.tensor(1.5, dtype=torch.float64), x.detach(), y.detach(), s.detach(), lse_row,
-                           lse_col, 0, 1, 0, 2, 0.1, 0.05, backend))
+                           lse_col, kept, 0, 1, 0, 2, 0.1, 0.05, backend))
 
 
 # ---------------------------------------------------------------------------------------------------------------

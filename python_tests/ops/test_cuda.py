@@ -1,4 +1,4 @@
-"""Tests of the CUDA backend host functions (ccr_fast/ops/_cuda.py, csrc/cuda/).
+"""Tests of the CUDA backend host functions (ccr_fast/backends/cuda/, csrc/cuda/).
 
 The GPU tests (``@pytest.mark.gpu``) compare every kernel with a float64 reference written here straight from
 docs/interop.md, evaluated on the SAME dtype-rounded inputs (bf16/fp16 values upcast exactly), so the only
@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from ccr_fast import _backend
-from ccr_fast.ops import _cuda
+from types import SimpleNamespace
+
+from ccr_fast.backends.cuda import contrastive as _cc, ranks as _cr, similarity as _cs, topk as _ck, triplet as _ct
+
+_cuda = SimpleNamespace(contrastive_forward=_cc.contrastive_forward, contrastive_backward=_cc.contrastive_backward,
+                        triplet_forward=_ct.triplet_forward, triplet_backward=_ct.triplet_backward, topk=_ck.topk,
+                        target_ranks=_cr.target_ranks, similarity=_cs.similarity)
 
 C = _backend._C
 with_cuda = bool(C is not None and getattr(C, "with_cuda", False))

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from ccr_fast import retrieval
+from ccr_fast.backends.cpu import ranks as CPU
 from ccr_fast.ops import ranks as R
 
 
@@ -46,10 +47,10 @@ def test_exact_vs_stable_sort_on_ties(Q, G, d, T, num_splits):
     q, g = _ints((Q, d), 1), _ints((G, d), 2)
     g[G // 2:G // 2 + 3] = g[0].clone()  # duplicated gallery rows
     t = _targets(Q, G, T, 3)
-    best, all_r = R.target_ranks_cpu(q, g, t, True, num_splits)
+    best, all_r = CPU.target_ranks(q, g, t, True, num_splits)
     rb, ra = _sort_reference(q, g, t)
     assert torch.equal(all_r, ra) and torch.equal(best, rb)
-    assert torch.equal(R.target_ranks_cpu(q, g, t), rb)
+    assert torch.equal(CPU.target_ranks(q, g, t), rb)
     tb, ta = R.target_ranks_torch(q, g, t, True)
     assert torch.equal(ta, ra) and torch.equal(tb, rb)
 
@@ -96,7 +97,7 @@ def test_random_fp64_and_non_contiguous():
 def test_property_exact(Q, G, d, T, splits, seed):
     q, g = _ints((Q, d), seed, -1, 2), _ints((G, d), seed + 1, -1, 2)
     t = torch.randint(-1, G, (Q, T), generator=torch.Generator().manual_seed(seed + 2))
-    best, all_r = R.target_ranks_cpu(q, g, t, True, splits)
+    best, all_r = CPU.target_ranks(q, g, t, True, splits)
     rb, ra = _sort_reference(q, g, t)
     assert torch.equal(all_r, ra) and torch.equal(best, rb)
 
@@ -120,7 +121,7 @@ def test_errors():
     with pytest.raises(RuntimeError, match="cuda"):
         retrieval.target_ranks(q, g, torch.tensor([0, 1, 2]), backend="cuda")
     with pytest.raises(ValueError, match="targets must be in"):  # the kernel checks too
-        R.target_ranks_cpu(q, g, torch.tensor([[0], [7], [1]]))
+        CPU.target_ranks(q, g, torch.tensor([[0], [7], [1]]))
 
 
 def test_opcheck_and_compile():
@@ -147,5 +148,5 @@ def test_target_never_outranks_itself_fp32():
     dup[[5, 301, 402]] = True
     expected = (s64[:, ~dup] > s64[:, 301:302]).sum(dim=1) + 1
     for splits in (0, 1, 3):
-        got = R.target_ranks_cpu(q, g, torch.full((3, 1), 301), False, splits)
+        got = CPU.target_ranks(q, g, torch.full((3, 1), 301), False, splits)
         assert torch.equal(got, expected)

@@ -6,7 +6,7 @@ import torch
 
 from ccr_fast.ops import similarity as S
 
-BACKENDS = ["cpu", "torch"]
+from _backends import BACKENDS  # noqa: E402
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

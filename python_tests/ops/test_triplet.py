@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ccr_fast.backends.cpu import triplet as CPU
 from ccr_fast.ops import triplet as T
 
 
@@ -27,12 +28,12 @@ SHAPES = [(2, 3), (7, 31), (70, 65)]
 def test_forward_backward_match_reference_fp64(B, d, max_violation):
     a, b = _pair(B, d)
     ref = T.triplet_forward_torch(a, b, 0.2, max_violation)
-    got = T.triplet_forward_cpu(a, b, 0.2, max_violation)
+    got = CPU.triplet_forward(a, b, 0.2, max_violation)
     torch.testing.assert_close(got[0], ref[0], atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(got[1], ref[1], atol=1e-12, rtol=1e-12)
     assert torch.equal(got[2], ref[2]) and torch.equal(got[3], ref[3])
     da_r, db_r = T.triplet_backward_torch(a, b, 0.2, max_violation, ref[2], ref[3], 1.7)
-    da, db = T.triplet_backward_cpu(a, b, 0.2, max_violation, got[2], got[3], 1.7)
+    da, db = CPU.triplet_backward(a, b, 0.2, max_violation, got[2], got[3], 1.7)
     torch.testing.assert_close(da, da_r, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(db, db_r, atol=1e-12, rtol=1e-12)
 
@@ -69,7 +70,7 @@ def test_ties_and_duplicates_exact(max_violation):
     a[11] = a[2]
     b[5] = b[1]
     ref = T.triplet_forward_torch(a.double(), b.double(), 1.0, max_violation)
-    got = T.triplet_forward_cpu(a, b, 1.0, max_violation)
+    got = CPU.triplet_forward(a, b, 1.0, max_violation)
     assert torch.equal(got[0].double(), ref[0]) and torch.equal(got[1].double(), ref[1])
     assert torch.equal(got[2], ref[2]) and torch.equal(got[3], ref[3])
     if max_violation:  # each hardest negative is the lowest index among the maximal scores
@@ -144,8 +145,8 @@ def test_appendix_e1_cases():
 def test_deterministic():
     a, b = _pair(50, 33, torch.float32, seed=7)
     for mv in (True, False):
-        x = T.triplet_forward_cpu(a, b, 0.2, mv)
-        y = T.triplet_forward_cpu(a, b, 0.2, mv)
+        x = CPU.triplet_forward(a, b, 0.2, mv)
+        y = CPU.triplet_forward(a, b, 0.2, mv)
         assert all(torch.equal(u, v) for u, v in zip(x, y))
 
 
@@ -176,7 +177,7 @@ def test_errors():
     with pytest.raises(RuntimeError, match="cuda"):
         T.triplet_loss(a, b, backend="cuda")
     with pytest.raises(ValueError, match="row_idx"):  # the kernel validates the saved indices
-        T.triplet_backward_cpu(a, b, 0.2, True, torch.arange(4), torch.tensor([1, 0, 0, 0]), 1.0)
+        CPU.triplet_backward(a, b, 0.2, True, torch.arange(4), torch.tensor([1, 0, 0, 0]), 1.0)
 
 
 def test_opcheck():

@@ -1,0 +1,43 @@
+"""``"blas"`` triplet host functions (docs/interop.md, "triplet").
+
+Forward: GEMM tiles of ``S = b aᵀ`` + fused hardest negative per row and per column (or hinge sums), csrc/cpu/
+blas_retrieval.cpp. Backward: the ``"cpu"`` kernel (max-violation needs O(B·d) work from the saved indices, no
+GEMM; the sum mode recomputes its active hinges there). CUDA tensors go to ``ccr_fast.backends.blas.gpu``.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from ..._backend import DTYPE_CODES, extension
+from ..cpu import triplet as _cpu
+from ..cpu._util import cpu_pair
+from . import _gemm, gpu_function
+
+Tensor = torch.Tensor
+
+
+def triplet_forward(a: Tensor, b: Tensor, margin: float, max_violation: bool
+                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """row_cost [B], col_cost [B] (acc dtype), row_idx [B], col_idx [B] int64 (−1 in sum mode)."""
+    if a.device.type == "cuda":
+        return gpu_function("triplet_forward")(a, b, margin, max_violation)
+    _gemm.ensure()
+    a, b = cpu_pair(a, b)
+    n, d = a.shape
+    acc = a.dtype
+    row_cost, col_cost = torch.empty(n, dtype=acc), torch.empty(n, dtype=acc)
+    row_idx, col_idx = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
+    extension().blas_triplet_forward(a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(0), n, d, float(margin),
+                                     bool(max_violation), row_cost.data_ptr(), col_cost.data_ptr(),
+                                     row_idx.data_ptr(), col_idx.data_ptr(), DTYPE_CODES[acc])
+    return row_cost, col_cost, row_idx, col_idx
+
+
+def triplet_backward(a: Tensor, b: Tensor, margin: float, max_violation: bool, row_idx: Tensor,
+                     col_idx: Tensor, grad: float) -> Tuple[Tensor, Tensor]:
+    """da [B, d], db [B, d] (acc dtype) of ``grad · Σ(row_cost + col_cost)``."""
+    if a.device.type == "cuda":
+        return gpu_function("triplet_backward")(a, b, margin, max_violation, row_idx, col_idx, grad)
+    return _cpu.triplet_backward(a, b, margin, max_violation, row_idx, col_idx, grad)
