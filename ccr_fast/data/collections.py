@@ -115,10 +115,21 @@ def _from_folder(cfg, root: Path, split: str, langs) -> CCRData:
         else:
             features = feat_dir / _fmt(f.feature_files[split], **kw)
             ids = root / "FeatureData" / _fmt(f.id_files[split], **kw)
+            for p in (features, ids):
+                if not p.is_file():
+                    raise DataFormatError(f"{p}: not found (set files.feature_files / files.id_files)")
+            if split == "train":  # compact captions, memory-mapped features: scales to millions of captions
+                from .compact import load_nrccr_compact
+
+                return load_nrccr_compact(root, caps, features, ids, name=f"{root.name}/{split}")
         return _nrccr(root, caps, features, ids, cfg, split, optional_mt=split != "train")
-    files = {lang: root / _fmt(f.jsonl_captions[split], **kw, lang=lang) for lang in cfg.languages}
-    mt = {lang: root / _fmt(f.jsonl_mt[split], **kw, lang=lang) for lang in cfg.languages} \
-        if split in f.jsonl_mt else {}
+    use = list(cfg.languages) if split == "train" or not langs else list(langs)
+    src = list(cfg.languages)[0]
+    files = {lang: root / _fmt(f.jsonl_captions[split], **kw, lang=lang) for lang in use}
+    mt = {}
+    if split in f.jsonl_mt:  # MT of each language into the source (translate-test); optional per language
+        mt = {lang: root / _fmt(f.jsonl_mt[split], **kw, lang=lang) for lang in use if lang != src}
+        mt = {lang: p for lang, p in mt.items() if p.is_file()}
     return _jsonl(files, _feature_path(root, _fmt(f.features, **kw)), None, mt, f"{root.name}/{split}", cfg)
 
 

@@ -81,6 +81,13 @@ class CCRData:
                 raise ValueError(f"translations[{tag!r}]: source language {src!r} has no captions")
             if len(trans) != n:
                 raise ValueError(f"translations[{tag!r}]: expected {n} per-item lists, got {len(trans)}")
+            if hasattr(trans, "counts") and hasattr(self.captions[src], "counts"):  # compact tables
+                bad = np.flatnonzero(trans.counts() != self.captions[src].counts())
+                if bad.size:
+                    i = int(bad[0])
+                    raise ValueError(f"translations[{tag!r}][{i}]: expected {self.captions[src].counts()[i]} "
+                                     f"captions aligned with captions[{src!r}][{i}], got {trans.counts()[i]}")
+                continue
             for i, (t, c) in enumerate(zip(trans, self.captions[src])):
                 if len(t) != len(c):
                     raise ValueError(f"translations[{tag!r}][{i}]: expected {len(c)} captions aligned with "

@@ -1,0 +1,35 @@
+"""Every shipped config trains 2 steps on a miniature collection written in its own release layout and file names,
+changing only ``data`` and ``text_encoder`` (the tiny test encoder replaces the paper's, so its layer list goes),
+plus, for the 2-core CPU test machine, the widths of the trained parts: the paper's CCR^k fusion stack (6 layers
+of width 1024 and an MLM head over a 250k vocabulary) and 1536-d common spaces cost gigabytes and minutes here."""
+from pathlib import Path
+
+import pytest
+
+import ccr_fast
+from ccr_fast.config import load_config
+from ccr_fast.data.fixtures import fixture_collection
+
+CONFIGS = sorted(p for p in (Path(ccr_fast.__file__).resolve().parents[1] / "configs").glob("*.yaml")
+                 if p.name != "default.yaml")
+TINY_ENCODER = {"text_encoder": None, "model.tiny_text_encoder": 32, "model.tiny_text_layers": 2,
+                "model.trainable_layers": None, "device": "cpu", "progress": False}
+CPU_SIZES = {"model.embed_dim": 32, "model.visual_hidden": 32, "model.text_hidden": 32, "model.qk_dim": 32,
+             "ccrk.fusion_width": 32, "ccrk.fusion_layers": 1}
+
+
+CORE = {"nrccr_multi30k_de", "baseline_multi30k_de", "cl2cm_multi30k_de", "nrccr_vatex_zh", "ccrk_multi30k_finetune"}
+PARAMS = [pytest.param(p, id=p.stem, marks=() if p.stem in CORE else pytest.mark.slow) for p in CONFIGS]
+
+
+@pytest.mark.parametrize("path", PARAMS)
+def test_config_trains_two_steps_on_its_fixture(path, tmp_path):
+    cfg = load_config(path)
+    frames = 3 if cfg.model.visual_encoder == "transformer" else None
+    root = fixture_collection(tmp_path / (cfg.files.coll or "coll"), cfg, n_items=16, frames=frames)
+    res = ccr_fast.train(str(path), data=str(root), output_dir=str(tmp_path / "runs"), max_steps=2,
+                         **TINY_ENCODER, **CPU_SIZES)
+    assert Path(res.best_checkpoint, "model.safetensors").is_file()
+    assert 0 <= res.metrics["sumr"] <= 600 and res.metrics["languages"]
+    again = ccr_fast.evaluate(res.best_checkpoint)
+    assert again["sumr"] == pytest.approx(res.metrics["sumr"])
