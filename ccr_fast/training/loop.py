@@ -336,7 +336,7 @@ def train_one_epoch(run: Run) -> bool:
         st["step"] += 1
         rec = {"step": st["step"], "epoch": st["epoch"], "lr": run.opt.param_groups[0]["lr"],
                **{k: float(v.detach()) for k, v in losses.items() if v is not None},
-               "samples_per_s": n_seen / max(1e-9, time.time() - t0)}
+               "samples_per_s": n_seen / max(1e-9, time.time() - t0), "time": time.time()}
         run.log(rec)
         if run.pbar is not None:
             run.pbar.set_postfix(loss=f"{rec['total']:.4f}", lr=f"{rec['lr']:.2e}", sps=f"{rec['samples_per_s']:.0f}")

@@ -1,0 +1,184 @@
+"""Data-layer scale benchmark: train on a synthetic NRCCR-layout collection far larger than the shipped data.
+
+Writes (once, reused) a collection in the NRCCR release layout: N_ITEMS = 200,000 images with 2048-d float16
+features in ``FeatureData/resnet_152/train-resnet_152-avgpool.npy`` (819 MB), 5 English captions per image
+(1,000,000 caption lines) in ``TextData/<coll>train_enc.caption.txt`` plus the MT and back-translation files
+(3,000,000 lines in all), and small val/test splits. Then trains NRCCR for 200 steps (batch 128, the tiny random
+text encoder, DataLoader with 2 workers) through ``ccr_fast.train(data=<folder>)`` and reports:
+
+* load time of the training split (compact caption tables, memory-mapped features);
+* steady-state samples/s (steps 50..200, from the per-step timestamps in ``metrics.jsonl``);
+* peak RSS of the main process and of the largest DataLoader worker (``getrusage``), next to the feature file size.
+  Note that RSS counts the pages of the memory-mapped feature file that were read (shared, file-backed).
+
+Output: ``benchmarks/data_scale.json`` and ``benchmarks/RESULTS_data_scale.md`` (kept apart from RESULTS.md, which
+is generated from ``benchmarks/results/``). Usage: ``python benchmarks/bench_data_scale.py [--dir /tmp/ccr_scale]
+[--items 200000] [--captions-per-item 5] [--steps 200]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+WORDS = ("dog cat man woman child red blue green runs sits jumps street beach snow park ball car bike water grass "
+         "house tree white black young old two three small large playing walking standing wearing shirt hat").split()
+WORDS_DE = ("hund katze mann frau kind rot blau gruen laeuft sitzt springt strasse strand schnee park ball auto rad "
+            "wasser gras haus baum weiss schwarz jung alt zwei drei klein gross spielt geht steht traegt hemd hut").split()
+
+
+def _caption(rng, words, n):
+    return " ".join(words[i] for i in rng.integers(0, len(words), n))
+
+
+def write_collection(root: Path, n_items: int, per_item: int, dim: int, seed: int = 0) -> dict:
+    """Write the collection (skipped when ``root/done.json`` matches the sizes); returns its manifest."""
+    manifest = {"items": n_items, "captions_per_item": per_item, "dim": dim, "seed": seed}
+    done = root / "done.json"
+    if done.is_file() and json.loads(done.read_text()).get("items") == n_items and \
+            json.loads(done.read_text()).get("captions_per_item") == per_item:
+        return json.loads(done.read_text())
+    t0 = time.time()
+    rng = np.random.default_rng(seed)
+    text, feat = root / "TextData", root / "FeatureData" / "resnet_152"
+    text.mkdir(parents=True, exist_ok=True)
+    feat.mkdir(parents=True, exist_ok=True)
+    splits = {"train": n_items, "val": 500, "test": 500}
+    offset = 0
+    for split, n in splits.items():
+        ids = [f"img{offset + i:07d}" for i in range(n)]
+        offset += n
+        (root / "FeatureData" / {"train": "train_id.txt", "val": "val_id.txt", "test": "test_id_2016.txt"}[split]) \
+            .write_text("\n".join(ids) + "\n")
+        name = {"train": "train-resnet_152-avgpool.npy", "val": "val-resnet_152-avgpool.npy",
+                "test": "test_2016_flickr-resnet_152-avgpool.npy"}[split]
+        arr = np.lib.format.open_memmap(feat / name, mode="w+", dtype=np.float16, shape=(n, dim))
+        for s in range(0, n, 10000):
+            arr[s: s + 10000] = rng.standard_normal((min(10000, n - s), dim), dtype=np.float32)
+        arr.flush()
+        del arr
+        if split == "train":
+            files = {"scaletrain_enc": ("enc", WORDS), "scaletrain_google_enc2de": ("enc2de", WORDS_DE),
+                     "scaletrain_google_enc2de2enc": ("enc2de2enc", WORDS)}
+            for fname, (tag, words) in files.items():
+                with open(text / f"{fname}.caption.txt", "w") as f:
+                    for vid in ids:
+                        f.write("".join(f"{vid}#{tag}#{k} a {_caption(rng, words, int(rng.integers(6, 14)))}\n"
+                                        for k in range(per_item)))
+        else:
+            suffix = "_task1" if split == "val" else "_2016_task1"
+            with open(text / f"scale{split}_de{suffix}.caption.txt".replace("scaletest_de_2016_task1",
+                                                                             "scaletest_de_2016_task1"), "w") as f:
+                for vid in ids:
+                    f.write(f"{vid}#de#0 ein {_caption(rng, WORDS_DE, 8)}\n")
+    manifest["write_seconds"] = time.time() - t0
+    manifest["feature_bytes"] = (feat / "train-resnet_152-avgpool.npy").stat().st_size
+    manifest["caption_bytes"] = sum(p.stat().st_size for p in text.glob("scaletrain*"))
+    done.write_text(json.dumps(manifest))
+    return manifest
+
+
+def run(args) -> dict:
+    import torch
+
+    import ccr_fast
+    from ccr_fast.config import load_config
+    from ccr_fast.data.collections import load_data
+    from ccr_fast.methods._tiny import TINY
+
+    root = Path(args.dir) / "scale"
+    manifest = write_collection(root, args.items, args.captions_per_item, 2048)
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    overrides = dict(TINY, method="nrccr", data=str(root), languages=["en", "de"], batch_size=128, epochs=1,
+                     max_steps=args.steps, num_workers=args.workers, output_dir=str(Path(args.dir) / "runs"),
+                     **{"model.visual_dim": None, "files.coll": "scale", "eval.every_epoch": False,
+                        "optim.schedule": "constant", "nrccr.w_adv": 0.0})
+    cfg = load_config(None, **overrides)
+    t0 = time.time()
+    train_data = load_data(cfg, "train")
+    load_s = time.time() - t0
+    n_captions = int(train_data.captions["en"].counts().sum())
+    caption_table_bytes = sum(t.nbytes for t in list(train_data.captions.values()) + list(train_data.translations.values()))
+    rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    del train_data
+    t1 = time.time()
+    res = ccr_fast.train(None, **overrides)
+    wall = time.time() - t1
+    recs = [json.loads(line) for line in open(Path(res.run_dir) / "metrics.jsonl") if '"total"' in line]
+    t = {r["step"]: r["time"] for r in recs}
+    lo = min(50, args.steps // 4)
+    sps = (args.steps - lo) * 128 / (t[args.steps] - t[lo])
+    peak_main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return {
+        "suite": "data_scale", "machine": platform.node(), "cpu_count": os.cpu_count(),
+        "load_avg_before": args.load_before, "load_avg_after": os.getloadavg(), "torch": torch.__version__,
+        "ccr_fast": ccr_fast.__version__, "collection": manifest, "train_captions": n_captions,
+        "train_split_load_seconds": load_s, "caption_table_bytes": caption_table_bytes,
+        "rss_after_load_bytes": rss_after_load, "steps": args.steps, "batch_size": 128, "workers": args.workers,
+        "steady_samples_per_s": sps, "steady_from_step": lo, "train_call_seconds": wall,
+        "peak_rss_main_bytes": peak_main, "peak_rss_largest_worker_bytes": peak_child,
+        "feature_file_bytes": manifest["feature_bytes"], "test_sumr": res.metrics.get("sumr"),
+    }
+
+
+def report(r: dict) -> str:
+    gb = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
+    c = r["collection"]
+    return "\n".join([
+        "# Data-layer scale benchmark (`benchmarks/bench_data_scale.py`)",
+        "",
+        f"Synthetic NRCCR-layout collection: {c['items']:,} images × {c['captions_per_item']} en captions "
+        f"({r['train_captions']:,} caption lines per file; en + MT + back-translation files, "
+        f"{c['caption_bytes'] / 2**20:.0f} MiB of text) and {c['dim']}-d float16 features "
+        f"({gb(r['feature_file_bytes'])} `.npy`, memory-mapped). NRCCR, tiny random text encoder, batch "
+        f"{r['batch_size']}, {r['steps']} steps, DataLoader with {r['workers']} workers. Machine: {r['cpu_count']} "
+        f"CPUs, shared; load average before/after {r['load_avg_before'][0]:.1f} / {r['load_avg_after'][0]:.1f}.",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        f"| load of the training split (3 caption files parsed into compact tables) | {r['train_split_load_seconds']:.1f} s |",
+        f"| compact caption tables (3 × {r['train_captions']:,} captions) | {r['caption_table_bytes'] / 2**20:.0f} MiB |",
+        f"| steady-state throughput (steps {r['steady_from_step']}–{r['steps']}) | {r['steady_samples_per_s']:.0f} samples/s |",
+        f"| `ccr_fast.train` call (load, {r['steps']} steps, test on 500 images) | {r['train_call_seconds']:.0f} s |",
+        f"| peak RSS, main process | {gb(r['peak_rss_main_bytes'])} |",
+        f"| peak RSS, largest DataLoader worker | {gb(r['peak_rss_largest_worker_bytes'])} |",
+        f"| feature file size | {gb(r['feature_file_bytes'])} |",
+        "",
+        "RSS includes the pages of the memory-mapped feature file that were touched (shared and file-backed).",
+    ]) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dir", default="/tmp/ccr_scale")
+    p.add_argument("--items", type=int, default=200_000)
+    p.add_argument("--captions-per-item", type=int, default=5)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default=str(HERE))
+    args = p.parse_args(argv)
+    args.load_before = os.getloadavg()
+    r = run(args)
+    out = Path(args.out)
+    (out / "data_scale.json").write_text(json.dumps(r, indent=2))
+    (out / "RESULTS_data_scale.md").write_text(report(r))
+    print(report(r))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        import ccr_fast  # noqa: F401
+    except ImportError:  # a source checkout without `pip install .`
+        sys.path.insert(0, str(HERE.parent))
+    sys.exit(main())
