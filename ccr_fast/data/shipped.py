@@ -106,7 +106,7 @@ def _first_1000(path: Path, image_ids: list) -> list:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_all(root: str, de_source: str) -> CCRData:
+def _load_all(root: str, de_source: str, captions_mode: str = "task1") -> CCRData:
     d = Path(root)
     ids, feats = read_npy_features(d / _FEATURES, d / _FEATURE_IDS, mmap=False)
     if feats.shape != (N_IMAGES, FEATURE_DIM):
@@ -137,11 +137,22 @@ def _load_all(root: str, de_source: str) -> CCRData:
         mt = _first_1000(xf / f"test_gmt.{lang}.jsonl.gz", image_ids)
         captions[lang] = [[c] if c.strip() else [] for c in src]
         translations[f"{lang}2en"] = [[m] if c.strip() else [] for c, m in zip(src, mt)]
+    if captions_mode == "all":
+        # every human caption of the image: task 1 first, then the task 2 en captions that differ from it and the
+        # 5 task 2 de captions; the en->xx stand-ins are aligned with one en caption only, so they are left out
+        task2_de = [[c for _, c in read_multi30k(d / "multi30k/task2/raw", f"test_2016.{k}", "de",
+                                                 d / "multi30k/task2/image_splits/test_2016_images.txt")]
+                    for k in range(1, 6)]
+        for i in range(N_IMAGES):
+            en = captions["en"][i][0]
+            captions["en"][i] = [en] + [t2[i] for t2 in task2 if t2[i].strip() != en.strip()]
+            captions["de"][i] = captions["de"][i] + [t2[i] for t2 in task2_de]
+        translations = {tag: v for tag, v in translations.items() if not tag.startswith("en2")}
     captions = {lang: captions[lang] for lang in SHIPPED_LANGUAGES}
     return CCRData("shipped", image_ids, np.ascontiguousarray(feats, dtype=np.float32), captions, translations)
 
 
-def load_shipped(split: str = "train", *, de_source: str = "task1", data_dir=None) -> CCRData:
+def load_shipped(split: str = "train", *, de_source: str = "task1", data_dir=None, captions: str = "task1") -> CCRData:
     """Load the shipped real data (see the module docstring for what each language and MT tag holds).
 
     Args:
@@ -149,6 +160,12 @@ def load_shipped(split: str = "train", *, de_source: str = "task1", data_dir=Non
         de_source: ``"task1"`` (German translation of the en caption) or ``"xflickrco"`` (independent German
             caption, with ``translations["de2en"]`` for translate-test).
         data_dir: the data folder (default :func:`shipped_data_dir`).
+        captions: ``"task1"`` (one caption per language, as above) or ``"all"``: every human en/de caption of the
+            image — en: the task 1 caption, then the task 2 captions that differ from it (5 in all for most
+            images); de: the task 1 translation, then the 5 task 2 German captions (written independently); fr/cs
+            unchanged. ``"all"`` has no ``en2xx``/``en2xx2en`` stand-ins (they align with one en caption) and needs
+            ``de_source="task1"``. Training uses it (``data={"name": "shipped", "train_captions": "all"}``);
+            evaluation keeps ``"task1"``.
 
     Returns:
         :class:`CCRData` named ``"shipped/<split>"``: features ``[n, 2048]`` float32, one caption per image in each
@@ -157,9 +174,13 @@ def load_shipped(split: str = "train", *, de_source: str = "task1", data_dir=Non
     """
     if de_source not in ("task1", "xflickrco"):
         raise ValueError(f"de_source: expected 'task1' or 'xflickrco', got {de_source!r}")
+    if captions not in ("task1", "all"):
+        raise ValueError(f"captions: expected 'task1' or 'all', got {captions!r}")
+    if captions == "all" and de_source != "task1":
+        raise ValueError(f"captions='all' needs de_source='task1', got de_source={de_source!r}")
     idx = shipped_split_indices(split)
     root = Path(data_dir).expanduser().resolve() if data_dir is not None else shipped_data_dir().resolve()
-    data = _load_all(str(root), de_source).subset(idx)
+    data = _load_all(str(root), de_source, captions).subset(idx)
     data.name = f"shipped/{split}"
     return data
 

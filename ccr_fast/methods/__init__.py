@@ -1,11 +1,12 @@
-"""The training methods: ``baseline``, ``nrccr``, ``cl2cm``, ``ccrk`` (see :mod:`.base` for the interface)."""
+"""The training methods: ``baseline``, ``linear``, ``nrccr``, ``cl2cm``, ``ccrk`` (see :mod:`.base` for the interface)."""
 from .base import Method
 from .baseline import Baseline
 from .ccrk import CCRk
 from .cl2cm import CL2CM
+from .linear import Linear
 from .nrccr import NRCCR
 
-METHODS = {"baseline": Baseline, "nrccr": NRCCR, "cl2cm": CL2CM, "ccrk": CCRk}
+METHODS = {"baseline": Baseline, "linear": Linear, "nrccr": NRCCR, "cl2cm": CL2CM, "ccrk": CCRk}
 
 
 def build_method(cfg) -> Method:
@@ -15,4 +16,4 @@ def build_method(cfg) -> Method:
     return METHODS[cfg.method].build(cfg)
 
 
-__all__ = ["Method", "Baseline", "NRCCR", "CL2CM", "CCRk", "METHODS", "build_method"]
+__all__ = ["Method", "Baseline", "Linear", "NRCCR", "CL2CM", "CCRk", "METHODS", "build_method"]
