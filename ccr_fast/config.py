@@ -155,7 +155,8 @@ class CL2CMConfig:
 @dataclass
 class CCRkConfig:
     """CCR^k (methods.md §3). ``mode``: "pretrain" (1-to-K ITC + MITM + CMLM) or "finetune" (id-aware ITC + ITM).
-    ``one_to_one``: the ``cclm_easy`` ablation (1-to-1 ITC on one random language per image)."""
+    ``one_to_one``: the ``cclm_easy`` ablation (1-to-1 ITC on one random language per image). ``text_proj``,
+    ``vision_proj``, ``caption_groups`` and ``id_aware`` choose the built-in default's variant (docs/results.md)."""
 
     mode: str = "pretrain"
     temp_init: float = 0.07
@@ -174,6 +175,10 @@ class CCRkConfig:
     k_test: int = 16
     one_to_one: bool = False
     pool: str = "cls"  # "cls" | "mean"
+    text_proj: str = "linear"  # "linear" | "identity" (the encoder's pooled space itself; embed_dim = its width)
+    vision_proj: str = "linear"  # "linear" | "identity" (the visual encoder's output is the embedding)
+    caption_groups: str = "min"  # "min" | "max": every caption of each item, fewer ones repeated (CCRkDataset)
+    id_aware: bool = False  # ITC positives: every text of the same visual item in the batch (duplicates too)
 
 
 @dataclass

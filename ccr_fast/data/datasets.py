@@ -180,21 +180,28 @@ class CL2CMDataset(_Base):
 class CCRkDataset(_Base):
     """CCR^k 1-to-K entries: ``{"visual", "index", "texts": [K strings, in langs order]}``.
 
-    An item yields ``m = min_l len(captions[l][i])`` entries; entry ``j < m`` takes caption ``j`` of every
-    language. Items lacking a language (``m = 0``) are skipped; ``skipped`` counts them.
+    An item yields ``m = min_l len(captions[l][i])`` entries (``groups="min"``) or ``m = max_l`` entries
+    (``groups="max"``: every caption is used, a language with fewer captions repeats them cyclically); entry
+    ``j < m`` takes caption ``j`` (``j mod count``) of every language. Items lacking a language are skipped;
+    ``skipped`` counts them.
     """
 
-    def __init__(self, data: CCRData, langs: Optional[Sequence[str]] = None):
+    def __init__(self, data: CCRData, langs: Optional[Sequence[str]] = None, groups: str = "min"):
         super().__init__(data)
+        if groups not in ("min", "max"):
+            raise ValueError(f"groups: expected 'min' or 'max', got {groups!r}")
         self.langs = _langs(data, langs)
-        m = np.min(np.stack([caption_counts(data.captions[lang]) for lang in self.langs]), axis=0)
+        self.counts = np.stack([caption_counts(data.captions[lang]) for lang in self.langs])  # [L, N]
+        low = self.counts.min(axis=0)
+        m = low if groups == "min" else np.where(low > 0, self.counts.max(axis=0), 0)
         self.skipped = int((m == 0).sum())
         self.item, self.pos = _entries(m)
 
     def __getitem__(self, n: int) -> dict:
         i, j = int(self.item[n]), int(self.pos[n])
         return {"visual": self._visual(i), "index": i,
-                "texts": [_get(self.data.captions[lang], i, j) for lang in self.langs]}
+                "texts": [_get(self.data.captions[lang], i, j % int(self.counts[k, i]))
+                          for k, lang in enumerate(self.langs)]}
 
 
 class ParallelTextDataset(_Base):

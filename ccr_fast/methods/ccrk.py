@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import losses as L
+from ..config import ConfigError
 from ..data import CCRkDataset
 from ..models.fusion import FusionEncoder
 from ..models.heads import ITMHead, MLMHead
@@ -122,6 +123,22 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_toke
     return ids, labels
 
 
+def id_aware_itc(img: torch.Tensor, txt: torch.Tensor, index: torch.Tensor, k: int, scale) -> torch.Tensor:
+    """ITC where every text of the same visual item (``index``) is a positive, as CCR^k's fine-tuning ITC.
+
+    ``img [B, d]``, ``txt [B·K, d]`` image-major, ``index [B]`` visual ids (repeats allowed: the copies of an
+    item share all their texts as positives). ``L = ½(L_i2t + L_t2i)`` with row-normalised soft targets. Local to
+    the process (no cross-rank gather).
+    """
+    owner = index.to(img.device).repeat_interleave(k)
+    pos = (index.to(img.device).unsqueeze(1) == owner.unsqueeze(0)).to(img.dtype)  # [B, BK]
+    logits = img @ txt.t() * scale
+    i2t = -((pos / pos.sum(1, keepdim=True)) * logits.log_softmax(1)).sum(1).mean()
+    post = pos.t()
+    t2i = -((post / post.sum(1, keepdim=True)) * logits.t().log_softmax(1)).sum(1).mean()
+    return 0.5 * (i2t + t2i)
+
+
 class CCRk(Method):
     name = "ccrk"
 
@@ -134,9 +151,25 @@ class CCRk(Method):
             raise ValueError(f"ccrk.pool must be 'cls' or 'mean', got {c.pool!r}")
         self.text = build_text_backbone(cfg, self.tokenizer)
         h = self.text.hidden_size
-        self.text_proj = nn.Linear(h, m.embed_dim)
+        if c.text_proj == "identity":
+            if m.embed_dim != h:
+                raise ConfigError(f"ccrk.text_proj='identity' needs model.embed_dim equal to the text encoder's "
+                                  f"width {h}, got {m.embed_dim}")
+            self.text_proj = nn.Identity()
+        elif c.text_proj == "linear":
+            self.text_proj = nn.Linear(h, m.embed_dim)
+        else:
+            raise ConfigError(f"ccrk.text_proj must be 'linear' or 'identity', got {c.text_proj!r}")
         self.visual = build_visual(m.visual_encoder, m.visual_dim, m.visual_hidden)
-        self.vision_proj = nn.Linear(m.visual_hidden, m.embed_dim)
+        if c.vision_proj == "identity":  # the visual encoder maps straight into the common space
+            if m.visual_hidden != m.embed_dim:
+                raise ConfigError(f"ccrk.vision_proj='identity' needs model.visual_hidden == model.embed_dim, got "
+                                  f"{m.visual_hidden} and {m.embed_dim}")
+            self.vision_proj = nn.Identity()
+        elif c.vision_proj == "linear":
+            self.vision_proj = nn.Linear(m.visual_hidden, m.embed_dim)
+        else:
+            raise ConfigError(f"ccrk.vision_proj must be 'linear' or 'identity', got {c.vision_proj!r}")
         self.temp = nn.Parameter(torch.tensor(float(c.temp_init)))
         self.fusion = FusionEncoder(h, m.visual_hidden, c.fusion_width, c.fusion_layers, heads=4, dropout=m.dropout)
         self.itm_head = ITMHead(c.fusion_width)
@@ -152,7 +185,7 @@ class CCRk(Method):
     # --- data / scorer ----------------------------------------------------------------------------------------
     def train_dataset(self, data):
         """K-language groups: every item with a caption in each of ``languages`` (image-major texts)."""
-        return CCRkDataset(data, list(self.cfg.languages))
+        return CCRkDataset(data, list(self.cfg.languages), groups=self.mcfg.caption_groups)
 
     def eval_languages(self):
         return list(self.cfg.languages)
@@ -196,9 +229,11 @@ class CCRk(Method):
         with torch.no_grad():
             self.temp.clamp_(self.mcfg.temp_min, self.mcfg.temp_max)
 
-    def _itc(self, img, txt, k):
+    def _itc(self, img, txt, k, index=None):
         c = self.mcfg
         rank, world = self._dist
+        if c.id_aware and index is not None:
+            return id_aware_itc(img, txt, index, k, self.logit_scale())
         divisor = "1" if c.mode == "finetune" else c.t2i_divisor
         if world > 1:
             if self.itc_k != k:
@@ -222,7 +257,7 @@ class CCRk(Method):
             pick = torch.tensor([i * k + self.rng.randrange(k) for i in range(b)], device=txt.device)
             out["itc"] = L.clip_loss(img, txt[pick], self.logit_scale())
         else:
-            out["itc"] = self._itc(img, txt, k)
+            out["itc"] = self._itc(img, txt, k, batch.get("index"))
         weights = {"itc": c.w_itc, "itm": c.w_itm, "mlm": c.w_mlm if c.mode == "pretrain" else 0.0}
         if c.w_itm or (c.w_mlm and c.mode == "pretrain"):
             sim = img @ txt.t() * self.logit_scale()
