@@ -104,7 +104,7 @@ def test_quick_run_writes_json_plots_and_results(tmp_path):
     lprov = {r["provider"] for r in lj["records"]}
     assert {"torch_eager", "gemm_floor"} <= lprov
     if hasattr(ccr_fast.losses, "clip_loss"):
-        assert {"ccr_fast[cpu]", "ccr_fast[torch]"} <= lprov
+        assert {"ccr_fast[blas]", "ccr_fast[cpu]", "ccr_fast[torch]"} <= lprov
         for r in lj["records"]:
             if r["provider"].startswith("ccr_fast["):
                 assert r["loss_abs_diff_vs_eager"] < 1e-4, r
@@ -118,14 +118,15 @@ def test_quick_run_writes_json_plots_and_results(tmp_path):
     assert ("topk", "torch_chunked") in rprov and ("ranks", "torch_chunked") in rprov
     if hasattr(ccr_fast.retrieval, "topk"):
         assert {("topk", "ccr_fast[cpu]"), ("ranks", "ccr_fast[cpu]"), ("eval", "ccr_fast[cpu]")} <= rprov
+        assert {("topk", "ccr_fast[blas]"), ("ranks", "ccr_fast[blas]"), ("topk", "gemm_floor")} <= rprov
         tol = {"topk": 1e-4, "ranks": 0.01, "eval": 0.5}  # scores; fraction of ranks; metric points (near-ties)
         for r in rj["records"]:  # every provider computed what the plain-torch one computed
-            if r["provider"] not in ("torch_chunked", "torch_full"):
+            if r["provider"] not in ("torch_chunked", "torch_full", "gemm_floor"):
                 assert r["diff_vs_torch"] <= tol[r["op"]], r
     tj = json.load(open(os.path.join(out, "training-cpu-quick.json")))
     if not tj["skipped"].get("training"):
         assert {(r["method"], r["provider"]) for r in tj["records"]} == {
-            (m, p) for m in ("nrccr", "ccrk") for p in ("ccr_fast[cpu]", "ccr_fast[torch]")}
+            (m, p) for m in ("nrccr", "ccrk") for p in ("ccr_fast[blas]", "ccr_fast[cpu]", "ccr_fast[torch]")}
         assert all(r["status"] == "ok" and r["steps_per_s"] > 0 for r in tj["records"])
     md = open(os.path.join(out, "RESULTS.md")).read()
     assert "torch_eager" in md and "| B |" in md and "peak extra memory" in md

@@ -6,3 +6,18 @@ Each ``ccr_fast.backends.<name>.<family>`` module holds that backend's host func
 tensors, lay the operands out as their kernels need, allocate the outputs and call the kernels; validation of the
 public arguments and the choice of a backend happen once, in :mod:`ccr_fast.ops.dispatch`.
 """
+import sys as _sys
+import types as _types
+
+
+class _CallablePackage(_types.ModuleType):
+    """``ccr_fast.backends`` is both this package and the public report function of api.md: importing a submodule
+    binds the package to the ``ccr_fast.backends`` attribute, so calling it must still give the report."""
+
+    def __call__(self, *args, **kwargs):
+        from .._backend import backends as report  # noqa: PLC0415
+
+        return report(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallablePackage

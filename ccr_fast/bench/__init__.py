@@ -41,10 +41,10 @@ def _backends(device, requested: Optional[str], log) -> tuple[List[str], Dict[st
     import ccr_fast
 
     info = ccr_fast.backends()
-    wanted = requested.split(",") if requested else (["cpu", "torch"] if device.type == "cpu"
-                                                     else ["cuda", "triton", "torch"])
+    wanted = requested.split(",") if requested else (["blas", "cpu", "torch"] if device.type == "cpu"
+                                                     else ["blas", "cuda", "triton", "torch"])
     chosen, skipped = [], {}
-    for name in ("cuda", "triton", "cpu", "torch"):
+    for name in ("blas", "cuda", "triton", "cpu", "torch"):
         label = f"ccr_fast[{name}]"
         if name not in wanted:
             if name == "triton" and device.type == "cpu":

@@ -4,15 +4,17 @@ Providers (every one computes the same math: both directions, mean reduction, gr
 the text features **and** the scale, same input dtype, loss accumulated in fp32):
 
 * ``ccr_fast[<backend>]`` — ``ccr_fast.losses.clip_loss`` / ``one_to_k_loss`` with ``backend=`` each usable
-  backend of the device (``cpu``/``torch`` on CPU; ``cuda``/``triton``/``torch`` on GPU);
+  backend of the device (``blas``/``cpu``/``torch`` on CPU; ``blas``/``cuda``/``triton``/``torch`` on GPU);
 * ``torch_eager`` — the materialised-logits reference below (GEMM in the input dtype, softmax in fp32): the
   baseline of every ratio;
-* ``torch_compile`` — ``torch.compile(dynamic=True)`` of the same eager function (compile time excluded);
+* ``torch_compile`` — ``torch.compile(dynamic=True)`` of the same eager function, compiled once per loss and
+  dtype and reused across sizes (compile time excluded);
 * ``open_clip`` — ``open_clip.loss.ClipLoss`` (K=1 only) when importable;
 * ``inf_cl`` — Inf-CL's ``cal_inf_loss`` called once per direction (CUDA, ``d % 256 == 0``, K=1) when importable;
   it computes in fp32/TF32 whatever the input dtype;
-* ``gemm_floor`` — the three GEMMs of forward + backward (``I Tᵀ``, ``dZ T``, ``dZᵀ I``) with ``torch.mm`` and
-  nothing else: no implementation can beat it by more than noise.
+* ``gemm_floor`` — the three GEMMs of forward + backward (``I Tᵀ``, ``dZ T``, ``dZᵀ I``) and nothing else, through
+  the fastest GEMM present: the blas backend's chosen BLAS on CPU (``ccr_fast.backends.blas._gemm.mm``), torch's
+  (cuBLAS) on GPU. No implementation that does these GEMMs can beat it by more than noise.
 
 FLOP convention: 3 similarity GEMMs of ``2·B·N·d`` each (N = B·K texts), i.e. ``6·B·N·d`` per forward + backward.
 """
@@ -67,10 +69,42 @@ def eager_one_to_k_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Te
 
 
 def gemm_floor(image: torch.Tensor, text2d: torch.Tensor) -> None:
-    """The three GEMMs of a fused forward + backward, nothing else (the speed floor)."""
+    """The three GEMMs of a fused forward + backward, nothing else (the speed floor), with torch's GEMM."""
     z = image @ text2d.T
     _ = z @ text2d
     _ = z.T @ image
+
+
+def blas_gemm_floor(image: torch.Tensor, text2d: torch.Tensor) -> Optional[Callable[[], None]]:
+    """The same three GEMMs through the blas backend's chosen CPU BLAS (buffers allocated once), or None."""
+    if image.device.type != "cpu" or image.dtype not in (torch.float32, torch.float64):
+        return None
+    try:
+        from ccr_fast.backends.blas import _gemm
+        _gemm.ensure()
+    except (ImportError, RuntimeError):
+        return None
+    img, txt = image.contiguous(), text2d.contiguous()
+    z = torch.empty(img.shape[0], txt.shape[0], dtype=img.dtype)
+    dx, dy = torch.empty_like(img), torch.empty_like(txt)
+
+    def run():
+        _gemm.mm(img, txt, trans_b=True, out=z)
+        _gemm.mm(z, txt, out=dx)
+        _gemm.mm(z, img, trans_a=True, out=dy)
+
+    return run
+
+
+_COMPILED: Dict[tuple, Callable] = {}
+
+
+def compiled_loss(k: int, dtype: torch.dtype) -> Callable:
+    """``torch.compile(dynamic=True)`` of the eager loss, one per (loss, dtype), reused across sizes."""
+    key = (k == 1, dtype)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(eager_clip_loss if k == 1 else eager_one_to_k_loss, dynamic=True)
+    return _COMPILED[key]
 
 
 # ---------------------------------------------------------------------------------------------- providers
@@ -120,7 +154,7 @@ def build_providers(k: int, image: torch.Tensor, text: torch.Tensor, scale: torc
     if with_compile and device.type == "cpu" and image.dtype != torch.float32:
         skipped["torch_compile"] = "CPU: fp32 only (each dtype is a new ~40 s compile on a 2-core machine)"
     elif with_compile:
-        compiled = torch.compile(eager, dynamic=True)
+        compiled = compiled_loss(k, image.dtype)
         providers["torch_compile"] = _fwd_bwd(lambda: compiled(*eager_args()), leaves)
     else:
         skipped["torch_compile"] = "left out (--quick or --no-compile: compile time dominates small runs)"
@@ -157,7 +191,8 @@ def build_providers(k: int, image: torch.Tensor, text: torch.Tensor, scale: torc
     if reason is not None:
         skipped["inf_cl"] = reason
 
-    providers["gemm_floor"] = lambda: gemm_floor(image.detach(), text2d.detach())
+    floor = blas_gemm_floor(image.detach(), text2d.detach())
+    providers["gemm_floor"] = floor or (lambda: gemm_floor(image.detach(), text2d.detach()))
     return providers, skipped
 
 

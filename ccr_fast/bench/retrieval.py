@@ -8,6 +8,8 @@ Providers:
   ``torch.topk`` (top-k) or a compare-and-count against the target's score with the index tie rule (ranks);
 * ``faiss_flat_ip`` — ``faiss.IndexFlatIP`` exact inner-product search (top-k only, fp32, CPU; the index build is
   setup and not timed) when faiss is importable;
+* ``gemm_floor`` (top-k only, CPU) — the ``Q×G`` scores in 1k-row chunks through the blas backend's chosen BLAS
+  and nothing else: the speed floor of any exact search that does this GEMM;
 * ``torch_full`` (end-to-end evaluation only) — the whole ``Q×G`` score matrix, ranks by comparison with the
   targets' scores, then ``ccr_fast.metrics.retrieval_metrics``.
 
@@ -115,7 +117,31 @@ def topk_providers(q, g, k, device, backends) -> Tuple[Dict[str, Callable], Dict
         providers["faiss_flat_ip"] = lambda: index.search(qn, k)
     else:
         skipped["faiss_flat_ip"] = reason
+    floor = _blas_floor(q, g)
+    if floor is not None:
+        providers["gemm_floor"] = floor
     return providers, skipped
+
+
+def _blas_floor(q, g):
+    """Q×G scores in chunks of 1k query rows through the blas backend's CPU GEMM (one chunk buffer), or None."""
+    if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64):
+        return None
+    try:
+        from ccr_fast.backends.blas import _gemm
+        _gemm.ensure()
+    except (ImportError, RuntimeError):
+        return None
+    qc, gc = q.contiguous(), g.contiguous()
+    rows = min(qc.shape[0], 1000)
+    chunk = torch.empty(rows, gc.shape[0], dtype=qc.dtype)
+
+    def run():
+        for q0 in range(0, qc.shape[0], rows):
+            part = qc[q0:q0 + rows]
+            _gemm.mm(part, gc, trans_b=True, out=chunk[:part.shape[0]])
+
+    return run
 
 
 def _faiss_reason(device, dtype):
@@ -287,7 +313,7 @@ def _agreement(providers: Dict[str, Callable], base: str) -> Dict[str, float]:
         return {}
     out = {}
     for name, fn in providers.items():
-        if name == base:
+        if name in (base, "gemm_floor"):
             continue
         try:
             got = fn()

@@ -464,6 +464,36 @@ void blas_similarity(std::uintptr_t q, std::uintptr_t g, int64_t Q, int64_t G, i
                      ccr::as_ptr<double>(out), ldo);
 }
 
+// C[M, N] = op(A) op(B) (row-major), parallel over row blocks of C: the GEMM floor of the benchmarks.
+template <typename T>
+void gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
+               T* C, int64_t ldc) {
+  const int nt = ccr::omp_threads();
+  const int64_t R = std::max<int64_t>(1, std::min<int64_t>(256, (M + nt - 1) / nt));
+  const int64_t nb = (M + R - 1) / R;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t r0 = b * R, m = std::min(R, M - r0);
+    gemm(ta, tb, m, N, K, T(1), ta ? A + r0 : A + r0 * lda, lda, B, ldb, T(0), C + r0 * ldc, ldc);
+  }
+}
+
+void blas_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, std::uintptr_t A, int64_t lda, std::uintptr_t B,
+               int64_t ldb, std::uintptr_t C, int64_t ldc, int dtype) {
+  check_gemm(dtype);
+  CCR_CHECK_ARG(M >= 1 && N >= 1 && K >= 1, "blas_gemm: M, N, K must be >= 1");
+  check_int(lda, "lda");
+  check_int(ldb, "ldb");
+  check_int(ldc, "ldc");
+  check_int(K, "K");
+  if (dtype == ccr::kFloat32)
+    gemm_impl<float>(ta, tb, M, N, K, ccr::as_ptr<const float>(A), lda, ccr::as_ptr<const float>(B), ldb,
+                     ccr::as_ptr<float>(C), ldc);
+  else
+    gemm_impl<double>(ta, tb, M, N, K, ccr::as_ptr<const double>(A), lda, ccr::as_ptr<const double>(B), ldb,
+                      ccr::as_ptr<double>(C), ldc);
+}
+
 }  // namespace
 
 void register_cpu_blas_retrieval(py::module_& m) {
@@ -483,6 +513,12 @@ void register_cpu_blas_retrieval(py::module_& m) {
         py::arg("a"), py::arg("lda"), py::arg("b"), py::arg("ldb"), py::arg("n"), py::arg("d"), py::arg("margin"),
         py::arg("max_violation"), py::arg("row_cost"), py::arg("col_cost"), py::arg("row_idx"), py::arg("col_idx"),
         py::arg("dtype"), py::call_guard<py::gil_scoped_release>());
+  m.def("blas_gemm", &blas_gemm,
+        "C[M, N] = op(A) op(B) (row-major; op = transpose when ta/tb) through the registered GEMM, parallel over "
+        "row blocks of C (the benchmarks' GEMM floor).",
+        py::arg("ta"), py::arg("tb"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("A"), py::arg("lda"),
+        py::arg("B"), py::arg("ldb"), py::arg("C"), py::arg("ldc"), py::arg("dtype"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("blas_similarity", &blas_similarity, "scores[Q, G] = q gᵀ over GEMM tiles.", py::arg("q"), py::arg("g"),
         py::arg("Q"), py::arg("G"), py::arg("d"), py::arg("ldq"), py::arg("ldg"), py::arg("dtype"), py::arg("out"),
         py::arg("ldo"), py::call_guard<py::gil_scoped_release>());

@@ -38,7 +38,13 @@ def test_op_names_map_to_families():
     assert op_family("topk") == "topk"
 
 
+def _passing_probe(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ccr_fast.backends.probe",
+                        types.SimpleNamespace(probe_ok=lambda backend, family, device: (True, "")))
+
+
 def test_auto_on_cuda_follows_the_table_and_the_dtype(monkeypatch):
+    _passing_probe(monkeypatch)
     monkeypatch.setattr(_backend, "usable", lambda name, device: (True, ""))
     assert dispatch.resolve("topk", "auto", CUDA, torch.float16) == "blas"
     assert dispatch.resolve("topk", "auto", CUDA, torch.float64) == "torch"
@@ -66,6 +72,7 @@ def test_auto_on_cuda_skips_a_backend_that_fails_its_probe(monkeypatch):
 
 
 def test_named_backends_and_dtype_errors(monkeypatch):
+    _passing_probe(monkeypatch)
     with pytest.raises(ValueError, match="backend must be one of"):
         dispatch.resolve("topk", "fast", CPU, torch.float32)
     with pytest.raises(RuntimeError, match="backend 'cuda' is not available"):

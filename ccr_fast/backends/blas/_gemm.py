@@ -138,3 +138,25 @@ def workspace_mb() -> float:
     if value < 0:
         raise ValueError(f"CCR_FAST_BLAS_WORKSPACE_MB must be >= 0, got {raw!r}")
     return value
+
+
+def mm(a, b, *, trans_a: bool = False, trans_b: bool = False, out=None):
+    """``op(a) @ op(b)`` for contiguous 2-D CPU float32/float64 tensors through the registered GEMM (all threads).
+
+    ``op`` transposes when ``trans_*`` is set (the tensor is passed as stored, no copy). Used for the benchmarks'
+    GEMM floor; returns ``out`` ([M, N], allocated when None).
+    """
+    import torch  # noqa: PLC0415
+
+    from ..._backend import DTYPE_CODES, extension  # noqa: PLC0415
+
+    ensure()
+    if not (a.is_contiguous() and b.is_contiguous()) or a.dtype != b.dtype:
+        raise ValueError("mm: a and b must be contiguous CPU tensors of one dtype")
+    M, K = (a.shape[1], a.shape[0]) if trans_a else tuple(a.shape)
+    N = b.shape[0] if trans_b else b.shape[1]
+    if out is None:
+        out = torch.empty(M, N, dtype=a.dtype)
+    extension().blas_gemm(trans_a, trans_b, M, N, K, a.data_ptr(), a.shape[1], b.data_ptr(), b.shape[1],
+                          out.data_ptr(), N, DTYPE_CODES[a.dtype])
+    return out

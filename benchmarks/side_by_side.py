@@ -1,0 +1,229 @@
+"""Side-by-side CPU measurement of issue 14's workloads in one process (fp32, d=256, interleaved repeats, medians).
+
+    python benchmarks/side_by_side.py [--threads 2] [--reps 5] [--out benchmarks/results/side_by_side-cpu.json]
+                                      [--only clip,one_to_k,topk]
+
+Workloads and providers:
+
+* CLIP fwd+bwd N=4096, 8192: torch eager (materialised logits), torch.compile of the same function (compiled once
+  with ``dynamic=True``, reused across sizes, compile time excluded), ``ccr_fast[cpu]``, ``ccr_fast[blas]`` in keep-Z
+  mode (the default workspace budget) and in chunked mode (``CCR_FAST_BLAS_WORKSPACE_MB=32``: the score matrix does
+  not fit, tiles are recomputed), ``ccr_fast[auto]``, and the GEMM floor: the 3 GEMMs of the same shapes through the
+  chosen BLAS (``ccr_fast.backends.blas._gemm.mm``).
+* 1-to-K K=4 fwd+bwd B=2048: the same providers (torch.compile included).
+* top-10 / top-100, Q=1k/10k, G=100k: torch chunked mm + topk, faiss-cpu ``IndexFlatIP`` (index built outside the
+  timing), ``ccr_fast[cpu]``, ``ccr_fast[blas]``, ``ccr_fast[auto]`` and the GEMM floor (Q×G scores through the
+  chosen BLAS, in 1k-row chunks).
+
+The machine load (``uptime``) is recorded before and after; peak extra memory is the harness's RSS growth.
+Writes JSON and prints a markdown table (also written next to the JSON as ``.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--max-seconds", type=float, default=120.0)
+    ap.add_argument("--only", default="clip,one_to_k,topk")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                  "side_by_side-cpu.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+
+    import ccr_fast
+    from ccr_fast import losses, retrieval
+    from ccr_fast.backends.blas import _gemm
+    from ccr_fast.bench import harness
+    from ccr_fast.bench.losses import eager_clip_loss, eager_one_to_k_loss
+    from ccr_fast.bench.retrieval import torch_chunked_topk
+
+    dev = torch.device("cpu")
+    gen = torch.Generator().manual_seed(0)
+    only = set(args.only.split(","))
+    env = harness.environment(dev)
+    payload = {"suite": "side_by_side", "env": env, "threads": args.threads, "uptime_before": _uptime(),
+               "blas": ccr_fast.backends()["blas"]["detail"], "records": []}
+    print(payload["uptime_before"], flush=True)
+    print(payload["blas"], flush=True)
+
+    def run_point(name, providers, extra):
+        res = harness.measure(providers, dev, warmup=1, reps=args.reps, min_reps=3, max_seconds=args.max_seconds,
+                              mem_reps=1)
+        for prov, r in res.items():
+            rec = {"workload": name, "provider": prov, **extra, **r}
+            payload["records"].append(rec)
+        line = " ".join(f"{p}={r['time_ms']['median']:.0f}ms" if r["time_ms"] else f"{p}={r['status']}"
+                        for p, r in res.items())
+        print(f"{name}: {line}   [{_uptime()}]", flush=True)
+
+    def with_budget(mb, fn):
+        def run():
+            old = os.environ.get("CCR_FAST_BLAS_WORKSPACE_MB")
+            os.environ["CCR_FAST_BLAS_WORKSPACE_MB"] = str(mb)
+            try:
+                return fn()
+            finally:
+                if old is None:
+                    del os.environ["CCR_FAST_BLAS_WORKSPACE_MB"]
+                else:
+                    os.environ["CCR_FAST_BLAS_WORKSPACE_MB"] = old
+        return run
+
+    compiled = {}
+
+    def loss_point(name, k, b):
+        d = 256
+        image = harness.random_unit((b, d), torch.float32, dev, gen).requires_grad_(True)
+        text = harness.random_unit((b, k, d), torch.float32, dev, gen).requires_grad_(True)
+        scale = torch.tensor(1 / 0.07, requires_grad=True)
+        leaves = (image, text, scale)
+        t2 = text[:, 0] if k == 1 else text
+        api = losses.clip_loss if k == 1 else losses.one_to_k_loss
+        eager = eager_clip_loss if k == 1 else eager_one_to_k_loss
+        if k not in compiled:
+            compiled[k] = torch.compile(eager, dynamic=True)
+
+        def fb(fn):
+            def run():
+                for t in leaves:
+                    t.grad = None
+                loss = fn()
+                loss.backward()
+                return loss
+            return run
+
+        text2d = text.detach().reshape(b * k, d)
+        img = image.detach()
+        zbuf = torch.empty(b, b * k)
+        dx, dy = torch.empty(b, d), torch.empty(b * k, d)
+
+        def floor():
+            _gemm.mm(img, text2d, trans_b=True, out=zbuf)
+            _gemm.mm(zbuf, text2d, out=dx)
+            _gemm.mm(zbuf, img, trans_a=True, out=dy)
+
+        providers = {
+            "torch_eager": fb(lambda: eager(image, t2, scale)),
+            "torch_compile": fb(lambda: compiled[k](image, t2, scale)),
+            "ccr_fast[cpu]": fb(lambda: api(image, t2, scale, backend="cpu")),
+            "ccr_fast[blas] keep-Z": fb(lambda: api(image, t2, scale, backend="blas")),
+            "ccr_fast[blas] chunked": with_budget(32, fb(lambda: api(image, t2, scale, backend="blas"))),
+            "ccr_fast[auto]": fb(lambda: api(image, t2, scale)),
+            "gemm_floor": floor,
+        }
+        for p in providers.values():  # compile (and first-use) outside the timing
+            p()
+        run_point(name, providers, {"B": b, "K": k, "d": d})
+
+    if "clip" in only:
+        for n in (4096, 8192):
+            loss_point(f"CLIP fwd+bwd N={n}", 1, n)
+    if "one_to_k" in only:
+        loss_point("1-to-K K=4 fwd+bwd B=2048", 4, 2048)
+    if "topk" in only:
+        import numpy as np
+
+        d, G = 256, 100_000
+        g = harness.random_unit((G, d), torch.float32, dev, gen)
+        try:
+            import faiss
+
+            faiss.omp_set_num_threads(args.threads)
+            index = faiss.IndexFlatIP(d)
+            index.add(g.numpy())
+        except ImportError as exc:
+            index = None
+            print(f"faiss not importable: {exc}")
+        for Q, k in ((1000, 10), (10000, 10), (1000, 100)):
+            q = harness.random_unit((Q, d), torch.float32, dev, gen)
+            qn = np.ascontiguousarray(q.numpy())
+            chunk = torch.empty(min(Q, 1000), G)
+
+            def floor(q=q, chunk=chunk):
+                for q0 in range(0, q.shape[0], chunk.shape[0]):
+                    _gemm.mm(q[q0:q0 + chunk.shape[0]], g, trans_b=True, out=chunk)
+
+            providers = {
+                "torch_chunked": lambda q=q, k=k: torch_chunked_topk(q, g, k),
+                "ccr_fast[cpu]": lambda q=q, k=k: retrieval.topk(q, g, k, backend="cpu"),
+                "ccr_fast[blas]": lambda q=q, k=k: retrieval.topk(q, g, k, backend="blas"),
+                "ccr_fast[auto]": lambda q=q, k=k: retrieval.topk(q, g, k),
+                "gemm_floor": floor,
+            }
+            if index is not None:
+                providers["faiss_flat_ip"] = lambda qn=qn, k=k: index.search(qn, k)
+            run_point(f"top-{k} Q={Q // 1000}k G=100k", providers, {"Q": Q, "G": G, "k": k, "d": d})
+    payload["uptime_after"] = _uptime()
+    print(payload["uptime_after"], flush=True)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(payload, f, indent=1)
+    md = table(payload)
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write(md)
+    print(md)
+    return 0
+
+
+def table(payload: dict) -> str:
+    """Markdown: one row per workload, ms (median) per provider and the ratios the issue's targets use."""
+    rows, order = {}, []
+    for r in payload["records"]:
+        if r["workload"] not in rows:
+            rows[r["workload"]] = {}
+            order.append(r["workload"])
+        rows[r["workload"]][r["provider"]] = r
+    provs = []
+    for w in order:
+        for p in rows[w]:
+            if p not in provs:
+                provs.append(p)
+
+    def ms(r):
+        return r["time_ms"]["median"] if r and r.get("time_ms") else None
+
+    lines = [f"Machine load: before `{payload['uptime_before']}`, after `{payload['uptime_after']}`; "
+             f"{payload['threads']} threads, fp32, d=256, medians of interleaved repeats.", "",
+             f"blas: {payload['blas']}", "",
+             "| workload | " + " | ".join(provs) + " | auto vs best baseline | auto / GEMM floor |",
+             "|---" * (len(provs) + 3) + "|"]
+    for w in order:
+        cells = []
+        for p in provs:
+            r = rows[w].get(p)
+            t = ms(r)
+            mem = r.get("mem_bytes") if r else None
+            m = f" ({mem['median'] / 2**20:.0f} MiB)" if mem else ""
+            cells.append(f"{t:.0f} ms{m}" if t is not None else "–")
+        auto = ms(rows[w].get("ccr_fast[auto]"))
+        base_names = [p for p in ("torch_compile", "faiss_flat_ip") if ms(rows[w].get(p))]
+        base_names = base_names or ["torch_eager" if "torch_eager" in rows[w] else "torch_chunked"]
+        base = ms(rows[w].get(base_names[0]))
+        ratio = f"{base / auto:.2f}× {base_names[0]}" if auto and base else "–"
+        fl = ms(rows[w].get("gemm_floor"))
+        over = f"{auto / fl:.2f}×" if auto and fl else "–"
+        lines.append(f"| {w} | " + " | ".join(cells) + f" | {ratio} | {over} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
