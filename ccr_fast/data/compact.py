@@ -11,6 +11,8 @@ memory-mapped: items are the feature rows in id-file order, so no feature is cop
 """
 from __future__ import annotations
 
+import mmap
+from array import array
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -73,7 +75,7 @@ class CaptionTable:
 
 def _read_file(path: Path, row_of: dict):
     """(tag, rows int64 [M], k int64 [M], buffer, offsets) of one NRCCR caption file, in file order."""
-    rows, ks, lens = [], [], []
+    rows, ks, lens = array("q"), array("q"), array("q")  # 8 bytes per caption, no Python int objects
     buf = bytearray()
     tag0 = None
     with open_text(path) as f:
@@ -103,8 +105,21 @@ def _read_file(path: Path, row_of: dict):
     if tag0 is None:
         raise DataFormatError(f"{path}: no captions")
     offsets = np.zeros(len(lens) + 1, dtype=np.int64)
-    np.cumsum(np.asarray(lens, dtype=np.int64), out=offsets[1:])
-    return tag0, np.asarray(rows, dtype=np.int64), np.asarray(ks, dtype=np.int64), np.frombuffer(bytes(buf), np.uint8), offsets
+    np.cumsum(np.frombuffer(lens, dtype=np.int64), out=offsets[1:])
+    data = np.frombuffer(buf, dtype=np.uint8)  # shares the bytearray, no copy
+    return tag0, np.frombuffer(rows, dtype=np.int64).copy(), np.frombuffer(ks, dtype=np.int64).copy(), data, offsets
+
+
+def random_access(arr: np.ndarray) -> np.ndarray:
+    """Advise the kernel that a memory-mapped array is read at random rows (no read-ahead: a 4 KB feature row
+    then costs one page, not a 128 KB read-ahead window). A no-op for in-memory arrays."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        try:
+            mm.madvise(mmap.MADV_RANDOM)
+        except (OSError, ValueError):
+            pass
+    return arr
 
 
 def _table(rows, ks, buffer, offsets, n_items: int, path: Path):
@@ -147,7 +162,7 @@ def load_nrccr_compact(root, caption_files: Sequence, features, id_file, *, name
         ``captions``/``translations`` are :class:`CaptionTable` s.
     """
     ids = read_id_list(id_file)
-    feats = np.load(features, mmap_mode="r")
+    feats = random_access(np.load(features, mmap_mode="r"))
     if feats.ndim != 2 or feats.shape[0] != len(ids):
         raise DataFormatError(f"{features}: expected shape [N={len(ids)} (ids in {id_file}), D], got {feats.shape}")
     row_of = {v: i for i, v in enumerate(ids)}

@@ -8,6 +8,8 @@ possible) and ``"index"`` its row in ``data`` (int). Frame features come without
 """
 from __future__ import annotations
 
+import mmap
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -18,6 +20,28 @@ from .core import CCRData
 
 __all__ = ["PairDataset", "NRCCRDataset", "CL2CMDataset", "CCRkDataset", "ParallelTextDataset", "EvalSet",
            "make_eval_sets", "concat_datasets", "caption_counts"]
+
+
+_FDS: dict = {}
+
+
+def read_row(features: np.ndarray, i: int) -> np.ndarray:
+    """Row ``i`` of a feature array as float32.
+
+    A whole-file memory map (``np.load(..., mmap_mode="r")``) is read with one ``os.pread`` of the row's bytes:
+    through the page cache, without mapping the pages into the process, so random access does not pull kernel
+    read-ahead / fault-around windows into the resident set of every DataLoader worker.
+    """
+    if isinstance(features, np.memmap) and isinstance(features.base, mmap.mmap) and features.ndim == 2 \
+            and features.flags.c_contiguous and features.filename:
+        key = (os.getpid(), features.filename)
+        fd = _FDS.get(key)
+        if fd is None:
+            fd = _FDS[key] = os.open(features.filename, os.O_RDONLY)
+        n = features.strides[0]
+        buf = os.pread(fd, n, int(features.offset) + int(i) * n)
+        return np.frombuffer(buf, dtype=features.dtype).astype(np.float32)
+    return np.asarray(features[i], dtype=np.float32)
 
 
 def caption_counts(seq) -> np.ndarray:
@@ -103,10 +127,9 @@ class _Base(Dataset):
 
     def _visual(self, i: int) -> np.ndarray:
         """Row i as float32: ``[Dv]``, or ``[n_frames[i], Dv]`` (valid frames only) for frame features."""
-        feats = self.data.features[i]
-        if self.data.n_frames is not None:
-            feats = feats[: int(self.data.n_frames[i])]
-        return np.asarray(feats, dtype=np.float32)
+        if self.data.n_frames is None:
+            return read_row(self.data.features, i)
+        return np.asarray(self.data.features[i][: int(self.data.n_frames[i])], dtype=np.float32)
 
 
 class PairDataset(_Base):
