@@ -34,6 +34,8 @@ class ModelConfig:
 
     ``trainable_layers``: encoder layer indices (ints) or names (``"layer.10"``) that stay trainable; every other
     encoder layer, the embeddings and the pooler are frozen. ``None`` trains everything, ``[]`` freezes the encoder.
+    ``train_top_layers``: n > 0 also trains the top n encoder layers (on top of ``trainable_layers``; the token-state
+    cache is then off, so every step runs the encoder).
     ``cache_text_states``: with a fully frozen encoder, cache each caption's token states (fast CPU training).
     ``tiny_text_encoder``: build a random-init BERT of this hidden size (tests; no weights read) instead of loading.
     ``visual_dim``: the visual feature width; None (the default) reads it from the data, a set value must match.
@@ -49,6 +51,7 @@ class ModelConfig:
     dropout: float = 0.1
     map_dropout: float = 0.2
     trainable_layers: Optional[List[Any]] = None
+    train_top_layers: int = 0  # also train the top n encoder layers (added to trainable_layers; 0 = none)
     cache_text_states: bool = False
     max_tokens: int = 40
     text_prefix: str = ""

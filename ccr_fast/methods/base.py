@@ -53,7 +53,16 @@ def build_text_backbone(cfg: Config, tokenizer) -> TextBackbone:
         if bad:
             raise ConfigError(f"model.trainable_layers: layers {bad} do not exist in the text encoder "
                               f"({n_layers} layers, 0..{n_layers - 1})")
-    freeze_encoder(enc, m.trainable_layers)
+    layers = m.trainable_layers
+    top = int(m.train_top_layers or 0)
+    if top:
+        if n_layers is None or not 0 < top <= n_layers:
+            raise ConfigError(f"model.train_top_layers: expected 1..{n_layers} (the encoder's layers), got {top}")
+        if layers is not None:  # None already trains every layer
+            from ..models.text import _as_layer_ids
+
+            layers = sorted(_as_layer_ids(layers) | set(range(n_layers - top, n_layers)))
+    freeze_encoder(enc, layers)
     return TextBackbone(enc, cache=m.cache_text_states)
 
 
@@ -112,6 +121,22 @@ class Method(nn.Module):
         groups = [{"params": [p for p in main if id(p) in enc], "lr": lr, "name": "text_encoder"},
                   {"params": [p for p in main if id(p) not in enc], "lr": lr * head_lr_mult, "name": "heads"}]
         return [g for g in groups if g["params"]]
+
+    def inert_terms(self) -> Dict[str, str]:
+        """Loss terms of the total that cannot move any parameter the retrieval embeddings (or a teacher) use in
+        this configuration, with the reason (e.g. a term on encoder states while the encoder is frozen). Methods
+        warn about them at construction; ``python_tests/methods/test_loss_terms.py`` checks every other term
+        reaches a trained parameter."""
+        return {}
+
+    def warn_inert(self) -> None:
+        """One warning naming the inert terms (see :meth:`inert_terms`), if any."""
+        inert = self.inert_terms()
+        if inert:
+            import warnings
+
+            warnings.warn(f"{self.name}: loss term(s) that cannot act in this configuration: "
+                          + "; ".join(f"{k}: {v}" for k, v in inert.items()), stacklevel=3)
 
     def extra_state(self) -> dict:
         """Extra optimiser states to checkpoint (NRCCR discriminator)."""

@@ -88,6 +88,14 @@ class CL2CM(Method):
         self.cl_word = nn.Linear(h, m.embed_dim)
         rank, world = dist_info()
         self.clip = L.ClipLoss(gather_with_grad=True, rank=rank, world_size=world)
+        self.warn_inert()
+
+    def inert_terms(self):
+        if self.mcfg.w_word and self.cl_text.frozen():
+            return {"word": "the word-level OT alignment trains only cl_word (used by no other term) and the text "
+                            "encoder's token states, and every encoder layer is frozen (set model.train_top_layers "
+                            "or model.trainable_layers)"}
+        return {}
 
     def train_dataset(self, data):
         """(visual, S, T*) triples: the source captions and their MT into each target language."""

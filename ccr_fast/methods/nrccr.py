@@ -73,6 +73,13 @@ class NRCCR(DualEncoderMethod):
         self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=c.disc_lr, betas=(0.9, 0.999), eps=1e-8)
         self.translate_test_weight = c.fusion_weight
         self._disc_inputs = None
+        self.warn_inert()
+
+    def inert_terms(self):
+        if self.mcfg.w_adv and self.text.frozen():
+            return {"adv": "the adversarial loss acts on the text encoder's token states, and every encoder layer "
+                           "is frozen (set model.train_top_layers or model.trainable_layers)"}
+        return {}
 
     def train_dataset(self, data):
         """(visual, S, T*, B̃) tuples per target language: source captions, MT, back-translation (NRCCRDataset)."""
