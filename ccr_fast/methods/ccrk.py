@@ -213,7 +213,18 @@ class CCRk(Method):
         return self.text_embed_from_states(self.text_states(tok), tok["attention_mask"])
 
     def visual_hidden(self, visual, mask=None):
+        """Pooled visual states ``[N, H]`` (token grids ``[N, L, D]`` are pooled by the visual encoder)."""
         return self.visual(visual, mask)
+
+    def visual_tokens(self, visual, mask=None):
+        """What the fusion encoder cross-attends to: ``([N, L, H], mask [N, L])`` for token grids ``[N, L, D]``
+        (patch / region / frame features; the "mlp"/"linear" visual encoder applied to every token), else the
+        pooled ``([N, H], None)``."""
+        if visual.dim() == 3 and self.cfg.model.visual_encoder in ("mlp", "linear"):
+            n, length, d = visual.shape
+            tokens = self.visual(visual.reshape(n * length, d)).view(n, length, -1)
+            return tokens, (mask if mask is not None else visual.new_ones(n, length))
+        return self.visual(visual, mask), None
 
     def embed_visual(self, visual, mask=None):
         return F.normalize(self.vision_proj(self.visual_hidden(visual, mask)), dim=-1)
@@ -221,8 +232,8 @@ class CCRk(Method):
     def logit_scale(self):
         return 1.0 / self.temp
 
-    def itm_logits(self, states, mask, vis_hidden):
-        return self.itm_head(self.fusion(states, mask, vis_hidden)[:, 0])
+    def itm_logits(self, states, mask, vis_hidden, vis_mask=None):
+        return self.itm_head(self.fusion(states, mask, vis_hidden, vis_mask)[:, 0])
 
     # --- training ---------------------------------------------------------------------------------------------
     def clamp_temperature(self):
@@ -265,12 +276,14 @@ class CCRk(Method):
             pos_t, neg_i, neg_t = sample_mitm(sim.detach().cpu(), k, batch["index"].cpu(), ps, self.gen)
             pos_t, neg_i, neg_t = pos_t.to(txt.device), neg_i.to(txt.device), neg_t.to(txt.device)
             m = tok["attention_mask"]
+            vt, vm = self.visual_tokens(batch["visual"], batch.get("visual_mask"))  # tokens for the fusion encoder
             if c.w_itm:
                 s_all = torch.cat([states[pos_t], states[pos_t], states[neg_t]])
                 m_all = torch.cat([m[pos_t], m[pos_t], m[neg_t]])
-                v_all = torch.cat([vh, vh[neg_i], vh])
+                v_all = torch.cat([vt, vt[neg_i], vt])
+                vm_all = None if vm is None else torch.cat([vm, vm[neg_i], vm])
                 width = int(m_all.sum(1).max())  # drop all-padding columns
-                logits = self.itm_logits(s_all[:, :width], m_all[:, :width], v_all)
+                logits = self.itm_logits(s_all[:, :width], m_all[:, :width], v_all, vm_all)
                 labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
                 out["itm"] = F.cross_entropy(logits, labels)
             if c.w_mlm and c.mode == "pretrain":
@@ -279,7 +292,7 @@ class CCRk(Method):
                                        self.rng)
                 ids, lab = ids.to(txt.device), lab.to(txt.device)
                 ms = self.text_states({"input_ids": ids, "attention_mask": m[pos_t]}, use_cache=False)
-                h = self.fusion(ms, m[pos_t], vh)
+                h = self.fusion(ms, m[pos_t], vt, vm)
                 sel = lab != -100  # the vocabulary projection only on masked positions
                 out["mlm"] = F.cross_entropy(self.mlm_head(h[sel]), lab[sel])
         return self.weighted_total(out, weights)
@@ -287,17 +300,19 @@ class CCRk(Method):
     # --- re-ranking -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def itm_scores(self, text_tok, visual, text_idx: torch.Tensor, vis_idx: torch.Tensor,
-                   batch_size: int = 256) -> torch.Tensor:
-        """ITM positive logits for pairs ``(text_idx[p], vis_idx[p])`` of tokenised texts and visual features."""
+                   batch_size: int = 256, visual_mask=None) -> torch.Tensor:
+        """ITM positive logits for pairs ``(text_idx[p], vis_idx[p])`` of tokenised texts and visual features
+        (``[G, D]`` pooled or ``[G, L, D]`` token grids with an optional ``visual_mask [G, L]``)."""
         was = self.training
         self.eval()
         states = self.text_states(text_tok)
-        vh = self.visual_hidden(visual)
+        vh, vmask = self.visual_tokens(visual, visual_mask)
         out = []
         for i in range(0, len(text_idx), batch_size):
             t, v = text_idx[i:i + batch_size], vis_idx[i:i + batch_size]
             m = text_tok["attention_mask"][t]
             width = int(m.sum(1).max())
-            out.append(self.itm_logits(states[t][:, :width], m[:, :width], vh[v])[:, 1])
+            out.append(self.itm_logits(states[t][:, :width], m[:, :width], vh[v],
+                                       None if vmask is None else vmask[v])[:, 1])
         self.train(was)
         return torch.cat(out) if out else torch.zeros(0, device=self.device)
