@@ -48,13 +48,15 @@ __global__ void __launch_bounds__(kThreads) lse_rows_kernel(const T* __restrict_
         tmax = fmaxf(tmax, z[j]);
         if (c < rows_b && group_of(c, off_b, div_b) == gr) pos += z[j];
       }
-      tmax = half_warp_max(tmax);  // finite: column c0 < rows_b is in every processed tile
+      tmax = half_warp_max(tmax);  // -inf when the tile's logits are all -inf (or overflowed)
       const float mnew = fmaxf(m[i], tmax);
+      // l is kept relative to the shift sh: mnew, or 0 when mnew is +-inf (exp(-inf - -inf) would be NaN)
+      const float sh = isinf(mnew) ? 0.f : mnew;
       float se = 0.f;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) se += expf(z[j] - mnew);  // invalid columns: exp(-inf) = 0
+      for (int j = 0; j < 4; ++j) se += expf(z[j] - sh);  // invalid columns: exp(-inf) = 0
       se = half_warp_sum(se);
-      l[i] = l[i] * expf(m[i] - mnew) + se;  // first tile: 0 * exp(-inf) = 0
+      l[i] = l[i] * expf(m[i] - sh) + se;  // first tile: 0 * exp(-inf) = 0
       m[i] = mnew;
       ps[i] += half_warp_sum(pos);
     }
@@ -79,13 +81,15 @@ __global__ void lse_merge_kernel(const float* __restrict__ part, int64_t splits,
   if (r >= rows) return;
   float mx = -INFINITY;
   for (int64_t s = 0; s < splits; ++s) mx = fmaxf(mx, part[(s * rows + r) * 3]);
+  // each partial sum is relative to its shift (its max, or 0 when that max is +-inf); so is the merged one
+  const float mx_sh = isinf(mx) ? 0.f : mx;
   float sum = 0.f, ps = 0.f;
   for (int64_t s = 0; s < splits; ++s) {
     const float* q = part + (s * rows + r) * 3;
-    if (q[0] != -INFINITY) sum += q[1] * expf(q[0] - mx);
+    if (q[0] != -INFINITY) sum += q[1] * expf((isinf(q[0]) ? 0.f : q[0]) - mx_sh);
     ps += q[2];
   }
-  lse[r] = mx + logf(sum);
+  lse[r] = mx_sh + logf(sum);  // all -inf: 0 + log(0) = -inf
   pos[r] = ps;
 }
 

@@ -35,8 +35,10 @@ struct GradParams {
   int* count_part;     // [splits][rows_a]: per-row count of active row hinges (triplet)
 };
 
+// __launch_bounds__(kThreads, 2): with kThreads alone ptxas (CUDA 13) capped this kernel at 64 registers and
+// spilled in its inner loop (gpu-check --compile-only); 2 CTAs/SM allow 128.
 template <typename T, int MODE>
-__global__ void __launch_bounds__(kThreads) grad_rows_kernel(const T* __restrict__ A, int64_t lda, int64_t rows_a,
+__global__ void __launch_bounds__(kThreads, 2) grad_rows_kernel(const T* __restrict__ A, int64_t lda, int64_t rows_a,
                                                              const T* __restrict__ B, int64_t ldb, int64_t rows_b,
                                                              int64_t d, int64_t per_split, GradParams p,
                                                              float* __restrict__ part) {

@@ -17,8 +17,10 @@ namespace ccr {
 namespace cuda {
 namespace {
 
+// __launch_bounds__(kThreads, 2): with kThreads alone ptxas (CUDA 13) capped this kernel at 64 registers and
+// spilled in its inner loop (gpu-check --compile-only); 2 CTAs/SM allow 128.
 template <typename T, bool MAXV>
-__global__ void __launch_bounds__(kThreads) triplet_rows_kernel(const T* __restrict__ A, int64_t lda,
+__global__ void __launch_bounds__(kThreads, 2) triplet_rows_kernel(const T* __restrict__ A, int64_t lda,
                                                                 const T* __restrict__ B, int64_t ldb, int64_t n,
                                                                 int64_t d, const float* __restrict__ diag,
                                                                 float margin, int64_t per_split,

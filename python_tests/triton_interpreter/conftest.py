@@ -28,7 +28,8 @@ finally:
         os.environ["TRITON_INTERPRET"] = _previous
 
 _MODULES = ("ccr_fast.backends.triton._utils", "ccr_fast.backends.triton.similarity", "ccr_fast.backends.triton.contrastive",
-            "ccr_fast.backends.triton.triplet", "ccr_fast.backends.triton.topk", "ccr_fast.backends.triton.ranks")
+            "ccr_fast.backends.triton.triplet", "ccr_fast.backends.triton.topk", "ccr_fast.backends.triton.ranks",
+            "ccr_fast.backends.triton.epilogues")
 
 
 def _reload_loaded():

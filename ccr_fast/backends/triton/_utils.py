@@ -22,13 +22,13 @@ def interpreting() -> bool:
 
 
 def autotune_configs(configs):
-    """The autotune candidate list: all ``configs`` on a GPU, only the first one under the interpreter.
+    """The autotune candidate list: the first of ``configs`` under the interpreter, the others on a GPU (the
+    interpreter's tiny tiles are never the fast choice there, and some spill).
 
     Args:
         configs: list of ``(kwargs: dict, num_warps: int, num_stages: int)``; the first is the interpreter's.
     """
-    if interpreting():
-        configs = configs[:1]
+    configs = configs[:1] if interpreting() else (configs[1:] or configs)
     return [triton.Config(kw, num_warps=w, num_stages=s) for kw, w, s in configs]
 
 
@@ -83,8 +83,9 @@ def block_d(d: int) -> int:
 
 
 def block_dout(d: int) -> int:
-    """Feature chunk of a gradient output held in registers: a power of two in [16, 256]."""
-    return max(16, min(256, triton.next_power_of_2(d)))
+    """Feature chunk of a gradient output held in registers: a power of two in [16, 128] (a [64, 256] fp32
+    accumulator plus the fp32 operand tile spills on sm_80/sm_90: gpu-check --compile-only)."""
+    return max(16, min(128, triton.next_power_of_2(d)))
 
 
 def dot_flags(dtype: torch.dtype) -> dict:
@@ -140,3 +141,45 @@ def tile_dot(X_ptr, stride_xm, stride_xd, rows, n_rows, Y_ptr, stride_ym, stride
                      mask=col_ok[None, :] & d_ok[:, None], other=0.0)
         acc += mma(x, yt, CAST_FP32, DOT_MODE)
     return acc
+
+
+# Packed top-k keys: ``orderable(score) << 32 | (0xFFFFFFFF − index)``; a larger key = a larger score, and among
+# equal scores the lower index. KEY_MIN is below every real key (empty slots, masked entries).
+KEY_MIN = tl.constexpr(-(2 ** 63))
+
+
+@triton.jit
+def orderable(s):
+    """fp32 -> int32 whose signed order is the float order (−0.0 folded onto +0.0)."""
+    s = tl.where(s == 0.0, 0.0, s)
+    bits = s.to(tl.int32, bitcast=True)
+    return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+
+
+@triton.jit
+def merge_topk(best, kth, keys, lane, K, SELECT_SORT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Merge a [BLOCK_M, BLOCK_N] tile of packed keys into the per-row sorted buffer ``best`` (K <= BLOCK_N valid
+    slots, descending) whose K-th key is ``kth``; returns the new (best, kth).
+
+    Skipped when no key of the tile beats its row's K-th key (one compare per key). SELECT_SORT: a bitonic sort of
+    the 2·BLOCK_N candidates keeping the upper half (large K); else K rounds of "row max, remove it" (keys are
+    unique within a row).
+    """
+    if tl.max(tl.sum((keys > kth[:, None]).to(tl.int32), axis=1), axis=0) > 0:
+        if SELECT_SORT:
+            both = tl.reshape(tl.join(best, keys), (BLOCK_M, 2 * BLOCK_N))
+            both = tl.sort(both, dim=1, descending=True)
+            # descending rows: the max over the two halves of each row is its first half
+            best = tl.max(tl.reshape(both, (BLOCK_M, 2, BLOCK_N)), axis=1)
+            kth = tl.sum(tl.where(lane[None, :] == K - 1, best, 0), axis=1)
+        else:
+            # rounds over the two tiles side by side (a join + reshape here trips triton 3.9's layout pass)
+            old = best
+            new = tl.full((BLOCK_M, BLOCK_N), KEY_MIN, dtype=tl.int64)
+            for j in range(K):
+                kth = tl.maximum(tl.max(old, axis=1), tl.max(keys, axis=1))
+                new = tl.where(lane[None, :] == j, kth[:, None], new)
+                old = tl.where(old == kth[:, None], KEY_MIN, old)
+                keys = tl.where(keys == kth[:, None], KEY_MIN, keys)
+            best = new
+    return best, kth

@@ -17,12 +17,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import autotune_configs, block_d, check_operands, device_guard, dot_flags, interpreting, tile_dot
+from ._utils import (KEY_MIN, autotune_configs, block_d, check_operands, device_guard, dot_flags, interpreting,
+                     merge_topk, orderable, tile_dot)
 
 MAX_K = 1024
-KEY_MIN = tl.constexpr(-(2 ** 63))  # below every real key: empty buffer slots and masked columns
 # k up to this value merges by k rounds of max-extraction, above it by a bitonic tl.sort of 2·BLOCK_N keys.
 SELECT_ROUNDS_MAX_K = 16
+# k up to this value keeps its buffer in registers; above it (register blow-up: a [16, k] int64 buffer plus a
+# 2k-wide sort per row) the gallery is scored in chunks by the similarity kernel and merged with torch.topk on keys.
+REGISTER_MAX_K = 64
 _LOW32 = 0xFFFFFFFF
 
 _CONFIGS = autotune_configs([
@@ -33,14 +36,6 @@ _CONFIGS = autotune_configs([
 ])
 
 
-@triton.jit
-def _orderable(s):
-    """fp32 -> int32 whose signed order is the float order (−0.0 folded onto +0.0)."""
-    s = tl.where(s == 0.0, 0.0, s)
-    bits = s.to(tl.int32, bitcast=True)
-    return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-
-
 @triton.autotune(configs=_CONFIGS, key=["Q", "G", "D", "K", "BLOCK_N"])
 @triton.jit
 def _topk_kernel(Q_ptr, stride_qm, stride_qd, G_ptr, stride_gm, stride_gd, WS_ptr, Q, G, D, chunk, n_splits, K,
@@ -49,8 +44,8 @@ def _topk_kernel(Q_ptr, stride_qm, stride_qd, G_ptr, stride_gm, stride_gd, WS_pt
     """Top-K keys of query rows [pid0·BLOCK_M, +BLOCK_M) over gallery rows [pid1·chunk, +chunk).
 
     Writes ``WS[q, pid1, 0:K]`` (int64 keys, descending; INT64_MIN where the split has fewer than K rows).
-    Requires K <= BLOCK_N; ``chunk`` is a multiple of BLOCK_N. The merge keeps the K best of (buffer ∪ tile) by
-    ``tl.sort`` (SELECT_SORT, large K) or by K rounds of row max + removal (small K).
+    Requires K <= BLOCK_N; ``chunk`` is a multiple of BLOCK_N. The merge (:func:`merge_topk`) keeps the K best of
+    (buffer ∪ tile) by ``tl.sort`` (SELECT_SORT, large K) or by K rounds of row max + removal (small K).
     """
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     split = tl.program_id(1).to(tl.int64)
@@ -64,23 +59,40 @@ def _topk_kernel(Q_ptr, stride_qm, stride_qd, G_ptr, stride_gm, stride_gd, WS_pt
         cols = n0 + lane.to(tl.int64)
         s = tile_dot(Q_ptr, stride_qm, stride_qd, rows, Q, G_ptr, stride_gm, stride_gd, cols, G, D,
                      BLOCK_M, BLOCK_N, BLOCK_D, CAST_FP32, DOT_MODE)
-        keys = (_orderable(s).to(tl.int64) << 32) | (low32 - cols)[None, :]
+        keys = (orderable(s).to(tl.int64) << 32) | (low32 - cols)[None, :]
         keys = tl.where((cols < n_hi)[None, :], keys, KEY_MIN)
-        if tl.max(tl.sum((keys > kth[:, None]).to(tl.int32), axis=1), axis=0) > 0:
-            both = tl.reshape(tl.join(best, keys), (BLOCK_M, 2 * BLOCK_N))
-            if SELECT_SORT:
-                both = tl.sort(both, dim=1, descending=True)
-                # descending rows: the max over the two halves of each row is its first half
-                best = tl.max(tl.reshape(both, (BLOCK_M, 2, BLOCK_N)), axis=1)
-                kth = tl.sum(tl.where(lane[None, :] == K - 1, best, 0), axis=1)
-            else:
-                # K rounds of "take the row max, remove it" (keys are unique within a row)
-                for j in range(K):
-                    kth = tl.max(both, axis=1)
-                    best = tl.where(lane[None, :] == j, kth[:, None], best)
-                    both = tl.where(both == kth[:, None], KEY_MIN, both)
+        best, kth = merge_topk(best, kth, keys, lane, K, SELECT_SORT, BLOCK_M, BLOCK_N)
     out = WS_ptr + (rows[:, None] * n_splits + split) * K + lane[None, :]
     tl.store(out, best, mask=(rows < Q)[:, None] & (lane < K)[None, :])
+
+
+def pack_keys(scores: torch.Tensor, col_base: int = 0) -> torch.Tensor:
+    """float32 scores [m, n] -> int64 packed keys (the kernels' packing, in torch): larger key = larger score,
+    then lower index ``col_base + c``."""
+    s = torch.where(scores == 0, torch.zeros_like(scores), scores)
+    bits = s.view(torch.int32)
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
+    idx = torch.arange(col_base, col_base + scores.shape[1], device=scores.device, dtype=torch.int64)
+    return (ordered << 32) | (_LOW32 - idx)[None, :]
+
+
+def merge_keys(best, keys, k: int):
+    """The k largest of ``best`` [m, k] (or None) and ``keys`` [m, n], sorted descending (keys are unique)."""
+    both = keys if best is None else torch.cat((best, keys), dim=1)
+    return torch.topk(both, min(k, both.shape[1]), dim=1, sorted=True).values
+
+
+def _topk_large_k(q, g, k, block_size):
+    """k > REGISTER_MAX_K: similarity kernel over gallery chunks, running merge of packed keys (memory O(Q·chunk))."""
+    from .similarity import similarity  # noqa: PLC0415 - sibling module
+
+    n_q, n_g = q.shape[0], g.shape[0]
+    chunk = block_size if block_size > 0 else max(k, (256 << 20) // (12 * n_q))  # ~256 MiB of scores + keys
+    best = None
+    for c0 in range(0, n_g, chunk):
+        keys = pack_keys(similarity(q, g[c0:c0 + chunk]), c0)
+        best = merge_keys(best, keys, k)
+    return best
 
 
 def _tiles(k: int):
@@ -88,8 +100,9 @@ def _tiles(k: int):
     kp = triton.next_power_of_2(k)
     if interpreting():
         return 16, max(16, kp)
-    block_n = max(64, kp)
-    return (64 if block_n <= 128 else 32 if block_n <= 256 else 16), block_n
+    # k <= REGISTER_MAX_K = 64: BLOCK_N = 64. A merge holds 2-3 [BLOCK_M, 64] int64 tiles per program; 64 rows
+    # spill at 4 warps on sm_90 (gpu-check --compile-only), 32 rows do not.
+    return 32, max(64, kp)
 
 
 def _n_splits(n_q_blocks: int, n_g: int, block_n: int) -> int:
@@ -131,6 +144,9 @@ def topk(q: torch.Tensor, g: torch.Tensor, k: int, block_size: int = 0):
         raise ValueError(f"block_size must be an int >= 0 (0 = default), got {block_size!r}")
     if n_g >= 2 ** 31:
         raise ValueError(f"g must have fewer than 2**31 rows for the triton backend, got {n_g}")
+    if k > REGISTER_MAX_K:
+        with device_guard(q):
+            return decode_keys(_topk_large_k(q, g, k, block_size))
     block_m, block_n = _tiles(k)
     with device_guard(q):
         if block_size > 0:
