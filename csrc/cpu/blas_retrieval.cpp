@@ -23,8 +23,8 @@ namespace {
 using std::int64_t;
 using namespace ccr::blas;
 
-constexpr int64_t kRows = 128;   // query rows per tile
-constexpr int64_t kCols = 1024;  // gallery rows per tile (a 128 x 1024 fp32 tile is 512 KiB)
+constexpr int64_t kRows = 256;   // query rows per tile
+constexpr int64_t kCols = 1024;  // gallery rows per tile (a 256 x 1024 fp32 tile is 1 MiB)
 
 #define CCR_BLAS_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=haswell", "default")))
 

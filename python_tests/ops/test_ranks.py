@@ -150,3 +150,52 @@ def test_target_never_outranks_itself_fp32():
     for splits in (0, 1, 3):
         got = CPU.target_ranks(q, g, torch.full((3, 1), 301), False, splits)
         assert torch.equal(got, expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conformance: every backend's host function against the float64 reference (exact scores, real ties)
+# ---------------------------------------------------------------------------------------------------------------
+
+from _backends import CONTRACT_BACKENDS, device_of  # noqa: E402
+from ccr_fast.ops import dispatch  # noqa: E402
+
+
+@pytest.mark.parametrize("backend", CONTRACT_BACKENDS)
+@pytest.mark.parametrize("Q,G,d,T", [(1, 1, 1, 1), (7, 50, 5, 3), (300, 1500, 9, 2), (3, 2600, 4, 1)])
+def test_contract_every_backend(backend, Q, G, d, T):
+    dev = device_of(backend)
+    gen = torch.Generator().manual_seed(Q + G)
+    q = torch.randint(-2, 3, (Q, d), generator=gen).float()
+    g = torch.randint(-2, 3, (G, d), generator=gen).float()
+    t = torch.randint(-1, G, (Q, T), generator=gen)
+    t[:, 0] = torch.randint(0, G, (Q,), generator=gen)
+    ref = R.target_ranks_torch(q.double(), g.double(), t)
+    got = dispatch.host(R.HOST, backend, "target_ranks")(q.to(dev), g.to(dev), t.to(dev))
+    assert torch.equal(got.cpu(), ref)
+
+
+@pytest.mark.parametrize("num_splits", [0, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_blas_exact_for_its_own_scores(num_splits, dtype):
+    """Random (non-integer) data: the blas ranks equal counting on the blas scores themselves (same GEMM)."""
+    from ccr_fast.backends.blas import ranks as BL
+    from ccr_fast.backends.blas import similarity as BS
+
+    gen = torch.Generator().manual_seed(1)
+    q, g = torch.randn(40, 16, generator=gen, dtype=dtype), torch.randn(3000, 16, generator=gen, dtype=dtype)
+    g[100:104] = g[7]  # exact duplicates: ties by index
+    t = torch.randint(0, 3000, (40, 3), generator=gen)
+    t[0] = torch.tensor([7, 101, -1])
+    best, all_r = BL.target_ranks(q, g, t, True, num_splits)
+    s = BS.similarity(q, g)
+    cols = torch.arange(3000)
+    for i in range(40):
+        for j in range(3):
+            c = int(t[i, j])
+            if c < 0:
+                assert all_r[i, j] == -1
+                continue
+            st = s[i, c]
+            assert int(all_r[i, j]) == int(((s[i] > st) | ((s[i] == st) & (cols < c))).sum())
+    ref = R.target_ranks_torch(q.double(), g.double(), t)
+    assert (best != ref).float().mean() <= 0.05  # float64 and the GEMM may order near-ties differently

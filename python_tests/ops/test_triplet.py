@@ -185,3 +185,46 @@ def test_opcheck():
     a.requires_grad_(True)
     b.requires_grad_(True)
     torch.library.opcheck(torch.ops.ccr_fast.triplet_fwd.default, (a, b, 0.2, True, "cpu"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conformance: every backend's host functions against the float64 reference
+# ---------------------------------------------------------------------------------------------------------------
+
+from _backends import CONTRACT_BACKENDS, device_of  # noqa: E402
+from ccr_fast.ops import dispatch  # noqa: E402
+
+
+@pytest.mark.parametrize("backend", CONTRACT_BACKENDS)
+@pytest.mark.parametrize("B,d", [(2, 1), (5, 3), (33, 17), (130, 8)])
+@pytest.mark.parametrize("max_violation", [True, False])
+def test_contract_every_backend(backend, B, d, max_violation):
+    dev = device_of(backend)
+    gen = torch.Generator().manual_seed(B * 100 + d)
+    a = torch.randint(-2, 3, (B, d), generator=gen).double()  # integer values: exact scores, real ties
+    b = torch.randint(-2, 3, (B, d), generator=gen).double()
+    ref = T.triplet_forward_torch(a, b, 0.5, max_violation)
+    fwd = dispatch.host(T.HOST, backend, "triplet_forward")
+    bwd = dispatch.host(T.HOST, backend, "triplet_backward")
+    out = fwd(a.float().to(dev), b.float().to(dev), 0.5, max_violation)
+    torch.testing.assert_close(out[0].cpu().double(), ref[0])
+    torch.testing.assert_close(out[1].cpu().double(), ref[1])
+    if max_violation:  # ties -> lower index, exactly
+        assert torch.equal(out[2].cpu(), ref[2]) and torch.equal(out[3].cpu(), ref[3])
+    da, db = bwd(a.float().to(dev), b.float().to(dev), 0.5, max_violation, out[2], out[3], 1.5)
+    rda, rdb = T.triplet_backward_torch(a, b, 0.5, max_violation, ref[2], ref[3], 1.5)
+    torch.testing.assert_close(da.cpu().double(), rda)
+    torch.testing.assert_close(db.cpu().double(), rdb)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_blas_forward_on_random_data(dtype):
+    a, b = torch.randn(300, 33, dtype=dtype), torch.randn(300, 33, dtype=dtype)
+    for mv in (True, False):
+        ref = T.triplet_forward_torch(a.double(), b.double(), 0.2, mv)
+        out = T.triplet_forward(a, b, 0.2, mv, backend="blas")
+        tol = 1e-4 if dtype == torch.float32 else 1e-10
+        torch.testing.assert_close(out[0].double(), ref[0], rtol=tol, atol=tol)
+        torch.testing.assert_close(out[1].double(), ref[1], rtol=tol, atol=tol)
+        if mv:
+            assert torch.equal(out[2], ref[2]) and torch.equal(out[3], ref[3])
