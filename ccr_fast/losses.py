@@ -12,6 +12,7 @@ different dtypes are accepted only under ``torch.autocast`` (both are cast to th
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple, Union
 
 import torch
@@ -61,8 +62,12 @@ def _check_batch(names: Tuple[str, str], a: Tensor, b: Tensor) -> None:
 
 
 def _scale(logit_scale: Scale, device: torch.device) -> Tensor:
+    if isinstance(logit_scale, float) and not math.isfinite(logit_scale):
+        raise ValueError("logit_scale contains NaN or Inf values")
     scale = as_scale(logit_scale, device)
-    if not _compiling():  # data-dependent check: skipped inside a compiled graph
+    # data-dependent check: skipped inside a compiled graph, and for CUDA tensors (it would be a host sync on
+    # every training step)
+    if not _compiling() and scale.device.type == "cpu":
         check_finite("logit_scale", scale.detach())
     return scale
 
