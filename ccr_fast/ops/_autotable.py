@@ -62,13 +62,16 @@ def preferred_cuda_backends(op: str, dtype: Optional[torch.dtype] = None) -> Tup
 
 
 # CPU: smallest work (number of scores M·N, or Q·G) from which "blas" beat "cpu" at d=256, fp32, 2 threads.
-# Source: benchmarks/results/{losses,retrieval}-cpu.json (see benchmarks/RESULTS.md), refreshed by hand.
+# Source: a cpu-vs-blas crossover sweep (2026-12-03, AMD EPYC, 2 threads, machine load ~8: small sizes are noisy;
+# CLIP B=512/1024 and triplet B=512: blas faster; top-k Q=100: cpu faster at G=1k/10k, blas at G=100k; ranks and
+# similarity: blas from G=10k) and benchmarks/results/side_by_side-cpu.json (large sizes: blas 1.6-3x faster).
+# Refresh by hand from benchmarks/results/{losses,retrieval}-cpu.json.
 CPU_BLAS_MIN_WORK: Dict[str, int] = {
-    "contrastive": 0,
-    "triplet": 0,
-    "topk": 0,
-    "ranks": 0,
-    "similarity": 0,
+    "contrastive": 512 * 512,
+    "triplet": 512 * 512,
+    "topk": 4_000_000,
+    "ranks": 1_000_000,
+    "similarity": 1_000_000,
 }
 
 
