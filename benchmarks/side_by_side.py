@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     from ccr_fast.backends.blas import _gemm
     from ccr_fast.bench import harness
     from ccr_fast.bench.losses import eager_clip_loss, eager_one_to_k_loss
+    from ccr_fast.bench.report import side_by_side_table
     from ccr_fast.bench.retrieval import torch_chunked_topk
 
     dev = torch.device("cpu")
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
     only = set(args.only.split(","))
     env = harness.environment(dev)
     payload = {"suite": "side_by_side", "env": env, "threads": args.threads, "uptime_before": _uptime(),
+               "command": "python benchmarks/side_by_side.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "blas": ccr_fast.backends()["blas"]["detail"], "records": []}
     print(payload["uptime_before"], flush=True)
     print(payload["blas"], flush=True)
@@ -177,52 +179,11 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(payload, f, indent=1)
-    md = table(payload)
+    md = side_by_side_table(payload)
     with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
         f.write(md)
     print(md)
     return 0
-
-
-def table(payload: dict) -> str:
-    """Markdown: one row per workload, ms (median) per provider and the ratios the issue's targets use."""
-    rows, order = {}, []
-    for r in payload["records"]:
-        if r["workload"] not in rows:
-            rows[r["workload"]] = {}
-            order.append(r["workload"])
-        rows[r["workload"]][r["provider"]] = r
-    provs = []
-    for w in order:
-        for p in rows[w]:
-            if p not in provs:
-                provs.append(p)
-
-    def ms(r):
-        return r["time_ms"]["median"] if r and r.get("time_ms") else None
-
-    lines = [f"Machine load: before `{payload['uptime_before']}`, after `{payload['uptime_after']}`; "
-             f"{payload['threads']} threads, fp32, d=256, medians of interleaved repeats.", "",
-             f"blas: {payload['blas']}", "",
-             "| workload | " + " | ".join(provs) + " | auto vs best baseline | auto / GEMM floor |",
-             "|---" * (len(provs) + 3) + "|"]
-    for w in order:
-        cells = []
-        for p in provs:
-            r = rows[w].get(p)
-            t = ms(r)
-            mem = r.get("mem_bytes") if r else None
-            m = f" ({mem['median'] / 2**20:.0f} MiB)" if mem else ""
-            cells.append(f"{t:.0f} ms{m}" if t is not None else "–")
-        auto = ms(rows[w].get("ccr_fast[auto]"))
-        base_names = [p for p in ("torch_compile", "faiss_flat_ip") if ms(rows[w].get(p))]
-        base_names = base_names or ["torch_eager" if "torch_eager" in rows[w] else "torch_chunked"]
-        base = ms(rows[w].get(base_names[0]))
-        ratio = f"{base / auto:.2f}× {base_names[0]}" if auto and base else "–"
-        fl = ms(rows[w].get("gemm_floor"))
-        over = f"{auto / fl:.2f}×" if auto and fl else "–"
-        lines.append(f"| {w} | " + " | ".join(cells) + f" | {ratio} | {over} |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

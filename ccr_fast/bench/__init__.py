@@ -104,7 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         payload["skipped"] = {**skipped_backends, **payload["skipped"]}
         payload.update(env=env, mem_kind=harness.mem_kind(device), quick=args.quick,
                        command="python -m ccr_fast bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-                       wall_seconds=round(time.perf_counter() - t0, 2))
+                       wall_seconds=round(time.perf_counter() - t0, 2), load_average_after=harness.load_average())
         name = f"{suite}-{device.type}{'-quick' if args.quick else ''}.json"
         with open(os.path.join(args.out, name), "w") as f:
             json.dump(payload, f, indent=1)

@@ -94,6 +94,8 @@ def environment(device: torch.device) -> dict:
         "git_commit": _git_commit(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "backends": {k: v["usable"] for k, v in ccr_fast.backends().items()},
+        "blas": ccr_fast.backends()["blas"]["detail"],
+        "load_average": load_average(),
     }
     try:
         import triton
@@ -108,6 +110,14 @@ def environment(device: torch.device) -> dict:
     except Exception:
         env["ccr_fast_cpu_threads"] = None
     return env
+
+
+def load_average() -> Optional[List[float]]:
+    """The machine's 1/5/15-minute load averages (``uptime``), or None where unavailable."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on Linux/macOS
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------- memory

@@ -172,6 +172,11 @@ def write_results_md(results_dir: str, md_path: str) -> str:
              ""]
     for path in paths:
         payload = load(path)
+        if payload.get("suite") == "side_by_side":
+            lines += ["## Side by side (issue 14 workloads, one process)", "",
+                      f"- file: `{os.path.relpath(path, md_dir)}`, command: `{payload.get('command', '')}`", ""]
+            lines += side_by_side_table(payload).splitlines() + [""]
+            continue
         env = payload["env"]
         stem = os.path.splitext(os.path.basename(path))[0]
         lines += [f"## {payload['suite']} — {env['device_name']} ({env['device']})", ""]
@@ -180,7 +185,10 @@ def write_results_md(results_dir: str, md_path: str) -> str:
                   f"{env['python']}, ccr_fast {env['ccr_fast']} (git {env['git_commit']}), {env['timestamp']}",
                   f"- threads: torch {env['torch_threads']}, ccr_fast OpenMP {env.get('ccr_fast_cpu_threads')}, "
                   f"OMP_NUM_THREADS={env.get('omp_num_threads')}",
-                  f"- mode: {payload.get('mode', '')}; memory column: {MEM_TEXT.get(payload.get('mem_kind'), '')}"]
+                  f"- mode: {payload.get('mode', '')}; memory column: {MEM_TEXT.get(payload.get('mem_kind'), '')}",
+                  f"- machine load (1/5/15-min averages): {env.get('load_average')} at the start, "
+                  f"{payload.get('load_average_after')} at the end",
+                  f"- blas: {env.get('blas', 'not recorded')}"]
         for name, why in payload.get("skipped", {}).items():
             lines.append(f"- left out `{name}`: {why}")
         errors = {(r["provider"], r["status"], r.get("error") or r.get("note", "")) for r in payload["records"]
@@ -194,3 +202,46 @@ def write_results_md(results_dir: str, md_path: str) -> str:
     with open(md_path, "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")
     return md_path
+
+
+def side_by_side_table(payload: dict) -> str:
+    """Markdown: one row per workload, ms (median) per provider and the ratios the issue's targets use."""
+    rows, order = {}, []
+    for r in payload["records"]:
+        if r["workload"] not in rows:
+            rows[r["workload"]] = {}
+            order.append(r["workload"])
+        rows[r["workload"]][r["provider"]] = r
+    provs = []
+    for w in order:
+        for p in rows[w]:
+            if p not in provs:
+                provs.append(p)
+
+    def ms(r):
+        return r["time_ms"]["median"] if r and r.get("time_ms") else None
+
+    lines = [f"Machine load: before `{payload['uptime_before']}`, after `{payload['uptime_after']}`; "
+             f"{payload['threads']} threads, fp32, d=256, medians of interleaved repeats.", "",
+             f"blas: {payload['blas']}", "",
+             "| workload | " + " | ".join(provs) + " | auto vs torch.compile / faiss | auto vs eager / chunked torch "
+             "| auto / GEMM floor |",
+             "|---" * (len(provs) + 4) + "|"]
+    for w in order:
+        cells = []
+        for p in provs:
+            r = rows[w].get(p)
+            t = ms(r)
+            mem = r.get("mem_bytes") if r else None
+            m = f" ({mem['median'] / 2**20:.0f} MiB)" if mem else ""
+            cells.append(f"{t:.0f} ms{m}" if t is not None else "–")
+        auto = ms(rows[w].get("ccr_fast[auto]"))
+        ratios = []
+        for names in (("torch_compile", "faiss_flat_ip"), ("torch_eager", "torch_chunked")):
+            base_name = next((p for p in names if ms(rows[w].get(p))), None)
+            base = ms(rows[w].get(base_name)) if base_name else None
+            ratios.append(f"{base / auto:.2f}× {base_name}" if auto and base else "–")
+        fl = ms(rows[w].get("gemm_floor"))
+        over = f"{auto / fl:.2f}×" if auto and fl else "–"
+        lines.append(f"| {w} | " + " | ".join(cells) + f" | {ratios[0]} | {ratios[1]} | {over} |")
+    return "\n".join(lines) + "\n"
