@@ -123,11 +123,11 @@ def _kernel_table():
         [("", dict(tiles, MAX_VIOLATION=False))], fixed=[({}, w, 1)])
     add("epilogues._triplet_weights_kernel", epilogues._triplet_weights_kernel, {"W_ptr": "*bf16", "margin": "fp32"},
         [("", dict(tiles))], fixed=[({}, w, 3)])
-    for k in (10, epilogues.EPILOGUE_MAX_K):  # host choice (epilogues.topk_partials): 8 warps for the sort merge
+    for k in (10, epilogues.EPILOGUE_MAX_K):  # the host's choice (epilogues.topk_partials)
         kbn = max(64, 1 << (k - 1).bit_length())
         add(f"epilogues._topk_partials_kernel[k{k}]", epilogues._topk_partials_kernel, {"WS_ptr": "*i64"},
             [("", dict(SELECT_SORT=k > 16, BLOCK_M=32, BLOCK_N=kbn))],
-            fixed=[({}, 4 if k <= 16 else 8, 1)])
+            fixed=[({}, 8, 1)])
     add("epilogues._rank_counts_kernel", epilogues._rank_counts_kernel, {"TGT_ptr": "*i64", "WS_ptr": "*i32"},
         [(f"T{t}", dict(tiles, TP=t)) for t in (1, 8)], fixed=[({}, w, 1)])
     return table

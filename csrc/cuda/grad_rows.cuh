@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(kThreads, 2) grad_rows_kernel(const T* __restr
             if (car != 0.f) dz += car * expf(z - p.la[r]);  // guard: lse may be unspecified when its coef is 0
             if (cbc != 0.f) dz += cbc * expf(z - p.lb[c]);
             if (group_of(r, p.off_a, p.div_a) == group_of(c, p.off_b, p.div_b)) dz -= p.w_pos;
-            dsc += dz * s;
+            if (dz != 0.f) dsc += dz * s;  // a zero gradient at a -inf score adds 0, not NaN
             w = dz * scale;
           } else {  // kGradTripletSum
             if (c != r) {

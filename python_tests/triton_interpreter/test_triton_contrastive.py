@@ -94,3 +94,16 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"row_coef must have shape \[4\]"):
         tc.contrastive_backward(x, y, s, torch.zeros(4), torch.zeros(4), torch.zeros(3), torch.zeros(4), 1.0,
                                 0, 1, 0, 1)
+
+
+def test_infinite_logits_first_tile():
+    """Scores that overflow fp32 to −inf (x·y = −1e40) fill the first column tiles of rows 0..29: the online LSE
+    starts at −inf (no NaN), dscale never forms 0·(−inf), and everything matches the float64 reference (where those
+    logits are finite but weigh exp(−1e40) = 0)."""
+    x, y = feats(40, 8), feats(72, 8)
+    x[:30, 0], x[30:, 0] = 1e20, 0.0
+    y[:40] = 0.0
+    y[:40, 0] = -1e20
+    y[40:, 0] = 0.0
+    assert torch.isinf(x @ y.t()).sum() == 30 * 40
+    _check(x, y, 3.0, (40, 1, 0, 1), torch.float32)

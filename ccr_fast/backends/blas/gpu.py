@@ -22,6 +22,7 @@ how the tests check the orchestration and the epilogues without a GPU.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -35,6 +36,19 @@ _CPU_BUDGET = 256 << 20
 
 _MM_OUT_DTYPE: Optional[bool] = None  # whether torch.mm(..., out_dtype=float32) works for fp16/bf16 on CUDA
 _cache: dict = {}  # the one kept score matrix of the contrastive forward (see _keep / _take)
+
+
+def _on_device(fn):
+    """Run ``fn`` with the CUDA device of its first tensor argument current (Triton launches on the current one)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        t = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if t is not None and t.device.type == "cuda":
+            with torch.cuda.device(t.device):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _ep():
@@ -155,6 +169,7 @@ def _take(x, y):
 
 
 # ------------------------------------------------------------------------------------------------- contrastive
+@_on_device
 def contrastive_forward(x, y, scale, row_off, row_div, col_off, col_div, compute_col):
     """Row/column LSE and positive sums of ``Z = scale · x yᵀ`` (docs/interop.md, contrastive).
 
@@ -205,6 +220,7 @@ def _dz_norm(dtype, row_coef, col_coef, w_pos):
     return norm, 1.0 / norm
 
 
+@_on_device
 def contrastive_backward(x, y, scale, lse_row, lse_col, row_coef, col_coef, w_pos, row_off, row_div, col_off,
                          col_div):
     """``dx = scale·dZ y``, ``dy = scale·dZᵀ x``, ``dscale = Σ dZ ⊙ x yᵀ = ⟨x, dZ y⟩`` (docs/interop.md).
@@ -250,6 +266,7 @@ def _diag(a, b):
     return (b.float() * a.float()).sum(1)
 
 
+@_on_device
 def triplet_forward(a, b, margin, max_violation):
     """VSE++ costs of ``S = b aᵀ`` (docs/interop.md, triplet).
 
@@ -285,6 +302,7 @@ def triplet_forward(a, b, margin, max_violation):
     return row_cost, col_cost, row_idx, col_idx
 
 
+@_on_device
 def triplet_backward(a, b, margin, max_violation, row_idx, col_idx, grad):
     """Gradient of ``grad · Σ (row_cost + col_cost)``: da [B, d], db [B, d] float32 (hinge at exactly 0 → 0).
 
@@ -332,12 +350,14 @@ def triplet_backward(a, b, margin, max_violation, row_idx, col_idx, grad):
 
 
 # ------------------------------------------------------------------------------------------------- retrieval
+@_on_device
 def similarity(q, g):
     """``q gᵀ`` [Q, G] float32 (one cuBLAS GEMM, fp32 accumulation and output)."""
     _operands(("q", "g"), (q, g))
     return mm(q, g.t())
 
 
+@_on_device
 def topk(q, g, k, block_size=0):
     """The k highest inner products per query: scores [Q, k] float32 descending, indices [Q, k] int64 (ties → lower
     gallery index). Gallery blocks of ``block_size`` rows (0 = the whole gallery) × row chunks from the budget."""
@@ -368,6 +388,7 @@ def topk(q, g, k, block_size=0):
     return decode_keys(out)
 
 
+@_on_device
 def target_ranks(q, g, targets):
     """0-based rank of each query's best target (docs/interop.md, ranks): ranks [Q] int64, −1 without a target.
 

@@ -128,7 +128,7 @@ def _grad_kernel(A_ptr, stride_am, stride_ad, B_ptr, stride_bm, stride_bd, scale
         dz += tl.where(coef_b[None, :] != 0.0, coef_b[None, :] * tl.exp(z - lse_b[None, :]), 0.0)
         dz -= tl.where(_positive(rows, cols, a_off, a_div, b_off, b_div), w_pos, 0.0)
         dz = tl.where(row_ok[:, None] & col_ok[None, :], dz, 0.0)
-        ds += tl.sum(dz * s, axis=1)
+        ds += tl.sum(tl.where(dz != 0.0, dz * s, 0.0), axis=1)  # 0 · (−inf score) adds 0, not NaN
         b = tl.load(B_ptr + cols[:, None] * stride_bm + dout[None, :] * stride_bd,
                     mask=col_ok[:, None] & dout_ok[None, :], other=0.0)
         acc += mma(dz, b.to(tl.float32), False, GRAD_DOT_MODE)
