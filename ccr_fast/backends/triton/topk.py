@@ -30,7 +30,7 @@ _LOW32 = 0xFFFFFFFF
 
 _CONFIGS = autotune_configs([
     ({}, 4, 1),  # the interpreter's single config; the tile sizes are chosen by the host (they depend on k)
-    ({}, 4, 2),
+    ({}, 8, 1),  # 8 warps: at 4 the k = 64 sort merge spills on sm_80 with triton 3.6 (gpu-check --compile-only)
     ({}, 8, 2),
     ({}, 8, 3),
 ])
