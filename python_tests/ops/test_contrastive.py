@@ -534,15 +534,17 @@ from ccr_fast.ops import dispatch  # noqa: E402
 @pytest.mark.parametrize("backend", CONTRACT_BACKENDS)
 @pytest.mark.parametrize("M,N,d,offs", CONTRACT_CASES + [(1, 1, 1, (0, 1, 0, 1)), (70, 33, 17, (0, 1, 0, 1))])
 @pytest.mark.parametrize("scale", [1.0, 100.0])
-def test_contract_every_backend(backend, M, N, d, offs, scale):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_contract_every_backend(backend, M, N, d, offs, scale, dtype):
+    """fp32 and fp16 inputs (the reference runs on the same rounded values in float64; fp32 accumulation)."""
     dev = device_of(backend)
-    x = F.normalize(torch.randn(M, d, dtype=torch.float64), dim=-1)
-    y = F.normalize(torch.randn(N, d, dtype=torch.float64), dim=-1)
+    x = F.normalize(torch.randn(M, d, dtype=torch.float64), dim=-1).to(dtype).double()
+    y = F.normalize(torch.randn(N, d, dtype=torch.float64), dim=-1).to(dtype).double()
     s = torch.tensor(scale, dtype=torch.float64)
     ref = C.contrastive_forward_torch(x, y, s, *offs, True)
     fwd = dispatch.host(C.HOST, backend, "contrastive_forward")
     bwd = dispatch.host(C.HOST, backend, "contrastive_backward")
-    xd, yd, sd = x.float().to(dev), y.float().to(dev), s.float().to(dev)
+    xd, yd, sd = x.to(dtype).to(dev), y.to(dtype).to(dev), s.float().to(dev)
     out = fwd(xd, yd, sd, *offs, True)
     tol = dict(rtol=1e-4, atol=1e-4 * scale)
     for o, r, name in zip(out, ref, ("lse_row", "lse_col", "pos_row", "pos_col")):

@@ -162,7 +162,8 @@ from ccr_fast.ops import dispatch  # noqa: E402
 
 @pytest.mark.parametrize("backend", CONTRACT_BACKENDS)
 @pytest.mark.parametrize("Q,G,d,T", [(1, 1, 1, 1), (7, 50, 5, 3), (300, 1500, 9, 2), (3, 2600, 4, 1)])
-def test_contract_every_backend(backend, Q, G, d, T):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_contract_every_backend(backend, Q, G, d, T, dtype):
     dev = device_of(backend)
     gen = torch.Generator().manual_seed(Q + G)
     q = torch.randint(-2, 3, (Q, d), generator=gen).float()
@@ -170,7 +171,7 @@ def test_contract_every_backend(backend, Q, G, d, T):
     t = torch.randint(-1, G, (Q, T), generator=gen)
     t[:, 0] = torch.randint(0, G, (Q,), generator=gen)
     ref = R.target_ranks_torch(q.double(), g.double(), t)
-    got = dispatch.host(R.HOST, backend, "target_ranks")(q.to(dev), g.to(dev), t.to(dev))
+    got = dispatch.host(R.HOST, backend, "target_ranks")(q.to(dtype).to(dev), g.to(dtype).to(dev), t.to(dev))
     assert torch.equal(got.cpu(), ref)
 
 

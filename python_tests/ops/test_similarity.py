@@ -83,8 +83,10 @@ from ccr_fast.ops import dispatch  # noqa: E402
 
 @pytest.mark.parametrize("backend", CONTRACT_BACKENDS)
 @pytest.mark.parametrize("Q,G,d", [(1, 1, 1), (7, 300, 33), (260, 1100, 8)])
-def test_contract_every_backend(backend, Q, G, d):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_contract_every_backend(backend, Q, G, d, dtype):
     dev = device_of(backend)
-    q, g = torch.randn(Q, d, dtype=torch.float64), torch.randn(G, d, dtype=torch.float64)
-    out = dispatch.host(S.HOST, backend, "similarity")(q.float().to(dev), g.float().to(dev))
+    q = torch.randn(Q, d, dtype=torch.float64).to(dtype).double()
+    g = torch.randn(G, d, dtype=torch.float64).to(dtype).double()
+    out = dispatch.host(S.HOST, backend, "similarity")(q.to(dtype).to(dev), g.to(dtype).to(dev))
     torch.testing.assert_close(out.cpu().double(), q @ g.T, rtol=1e-4, atol=1e-4)

@@ -138,11 +138,12 @@ from ccr_fast.ops import dispatch  # noqa: E402
 @pytest.mark.parametrize("backend", CONTRACT_BACKENDS)
 @pytest.mark.parametrize("Q,G,d,k", [(1, 1, 1, 1), (1, 57, 7, 5), (5, 101, 5, 101), (40, 37, 3, 1),
                                      (9, 1300, 33, 64), (300, 2100, 8, 10)])
-def test_contract_every_backend(backend, Q, G, d, k):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_contract_every_backend(backend, Q, G, d, k, dtype):
     dev = device_of(backend)
-    q, g = _ints((Q, d), 3), _ints((G, d), 4)
+    q, g = _ints((Q, d), 3), _ints((G, d), 4)  # small integers: exact in fp16 and in every accumulation
     g[G // 2:G // 2 + 3] = g[0].clone()
-    vals, idx = dispatch.host(K.HOST, backend, "topk")(q.to(dev), g.to(dev), k, 0)
+    vals, idx = dispatch.host(K.HOST, backend, "topk")(q.to(dtype).to(dev), g.to(dtype).to(dev), k, 0)
     rv, ri = _stable_reference(q, g, k)
     assert torch.equal(idx.cpu(), ri)
     assert torch.equal(vals.cpu().double(), rv)

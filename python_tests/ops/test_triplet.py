@@ -198,7 +198,8 @@ from ccr_fast.ops import dispatch  # noqa: E402
 @pytest.mark.parametrize("backend", CONTRACT_BACKENDS)
 @pytest.mark.parametrize("B,d", [(2, 1), (5, 3), (33, 17), (130, 8)])
 @pytest.mark.parametrize("max_violation", [True, False])
-def test_contract_every_backend(backend, B, d, max_violation):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_contract_every_backend(backend, B, d, max_violation, dtype):
     dev = device_of(backend)
     gen = torch.Generator().manual_seed(B * 100 + d)
     a = torch.randint(-2, 3, (B, d), generator=gen).double()  # integer values: exact scores, real ties
@@ -206,12 +207,12 @@ def test_contract_every_backend(backend, B, d, max_violation):
     ref = T.triplet_forward_torch(a, b, 0.5, max_violation)
     fwd = dispatch.host(T.HOST, backend, "triplet_forward")
     bwd = dispatch.host(T.HOST, backend, "triplet_backward")
-    out = fwd(a.float().to(dev), b.float().to(dev), 0.5, max_violation)
+    out = fwd(a.to(dtype).to(dev), b.to(dtype).to(dev), 0.5, max_violation)
     torch.testing.assert_close(out[0].cpu().double(), ref[0])
     torch.testing.assert_close(out[1].cpu().double(), ref[1])
     if max_violation:  # ties -> lower index, exactly
         assert torch.equal(out[2].cpu(), ref[2]) and torch.equal(out[3].cpu(), ref[3])
-    da, db = bwd(a.float().to(dev), b.float().to(dev), 0.5, max_violation, out[2], out[3], 1.5)
+    da, db = bwd(a.to(dtype).to(dev), b.to(dtype).to(dev), 0.5, max_violation, out[2], out[3], 1.5)
     rda, rdb = T.triplet_backward_torch(a, b, 0.5, max_violation, ref[2], ref[3], 1.5)
     torch.testing.assert_close(da.cpu().double(), rda)
     torch.testing.assert_close(db.cpu().double(), rdb)
