@@ -67,6 +67,10 @@ def _stats(vals: List[float]) -> str:
     return f"{mean:.1f} ± {sd:.1f}"
 
 
+def _load(load) -> str:
+    return " / ".join(f"{x:.2f}" for x in load) if load else "?"
+
+
 def render(saved: dict) -> str:
     """The markdown section (between the markers) from the saved JSON."""
     recs = saved["records"]
@@ -74,15 +78,15 @@ def render(saved: dict) -> str:
     for r in recs:
         by.setdefault(r["key"], []).append(r)
     lines = ["| row | seeds | " + " | ".join(f"{lang} SumR" for lang in LANGS) + " | mean SumR | mean R@1 t2v/v2t "
-             "| MRV | steps | wall s | CPU s |", "|" + " --- |" * 11]
+             "| MRV | steps | wall s | CPU s |", "|" + " --- |" * 12]
     for key, rs in by.items():
         cells = [_stats([r["test"][lang]["sumr"] for r in rs]) for lang in LANGS]
         cells.append("**" + _stats([r["test_mean"]["sumr"] for r in rs]) + "**")
         cells.append(f"{_stats([r['test_mean']['t2v_r1'] for r in rs])} / {_stats([r['test_mean']['v2t_r1'] for r in rs])}")
         cells.append(_stats([r["test_mean"]["mrv"] for r in rs]) if all("mrv" in r["test_mean"] for r in rs) else "–")
-        cells.append(_stats([float(r["steps"]) for r in rs]).split(" ")[0])
-        cells.append(_stats([r["wall_seconds"] for r in rs]).split(" ")[0])
-        cells.append(_stats([r["cpu_seconds"] for r in rs]).split(" ")[0])
+        cells.append(str(round(sum(r["steps"] for r in rs) / len(rs))))
+        cells.append(f"{sum(r['wall_seconds'] for r in rs) / len(rs):.0f}")
+        cells.append(f"{sum(r['cpu_seconds'] for r in rs) / len(rs):.0f}")
         lines.append(f"| {ROWS[key][0] if key in ROWS else key} | {','.join(str(r['seed']) for r in rs)} | "
                      + " | ".join(cells) + " |")
     out = [BEGIN, "", "\n".join(lines), ""]
@@ -101,8 +105,9 @@ def render(saved: dict) -> str:
                                       if k != "time"} for h in hist]))
             out.append("")
     out.append(f"Written by `{saved.get('command', 'python -m ccr_fast compare')}` on {saved.get('date', '?')}; "
-               f"machine load (`uptime`) at the start: {saved.get('load', '?')}. Wall seconds are on a shared "
-               "2-core machine; CPU seconds are the process's own.")
+               f"load average at the start: {_load(saved.get('load'))}. Wall seconds are on a shared 2-core machine; "
+               "CPU seconds are the process's own. The first row of a process also pays the one-off frozen-encoder "
+               "pass over all captions, which later rows reuse.")
     out += ["", END]
     return "\n".join(out)
 
