@@ -70,6 +70,8 @@ def _slug(text: str) -> str:
 
 def plot(payload: dict, out_dir: str, stem: str) -> List[str]:
     """One PNG per group with at least two x values: time and memory vs x, log-log, one line per provider."""
+    if payload.get("suite") == "side_by_side":  # a table only (one point per workload)
+        return []
     import matplotlib
 
     matplotlib.use("Agg")
