@@ -5,6 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+# Without a GPU, every Triton kernel in the session runs in the interpreter. triton.jit decides at decoration time
+# whether a kernel is interpreted, so the variable is set here, before any test module imports a kernel (a kernel
+# imported compiled by one folder and called interpreted by another fails with "Cannot call @triton.jit'd outside
+# of the scope of a kernel"). The compile-only GPU check runs in a subprocess without it.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -88,6 +88,7 @@ def test_cpu_peak_memory_sees_a_large_buffer():
 
 
 def test_quick_run_writes_json_plots_and_results(tmp_path):
+    pytest.importorskip("matplotlib", reason="the plots need matplotlib (pip install '.[bench]')")
     out = str(tmp_path / "res")
     assert bench.main(["--quick", "--out", out]) == 0
     lj = json.load(open(os.path.join(out, "losses-cpu-quick.json")))
