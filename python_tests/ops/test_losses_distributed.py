@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -72,7 +73,16 @@ def distributed_results(tmp_path_factory):
             "txt": F.normalize(torch.randn(WORLD * B_LOCAL, K, D), dim=-1),
             "scale": torch.tensor(6.0)}
     torch.save(data, tmp / "data.pt")
-    mp.spawn(_run_rank, args=(_free_port(), str(tmp / "data.pt"), str(tmp)), nprocs=WORLD, join=True)
+    # One retry on a fresh port when a worker process dies (seen once in a full-suite CI run: a gloo worker ended
+    # with SIGABRT, not reproducible alone). A second failure fails the test; the retry is reported as a warning.
+    for attempt in range(2):
+        try:
+            mp.spawn(_run_rank, args=(_free_port(), str(tmp / "data.pt"), str(tmp)), nprocs=WORLD, join=True)
+            break
+        except mp.ProcessExitedException as exc:
+            if attempt == 1:
+                raise
+            warnings.warn(f"gloo workers died ({exc}); retrying once on a fresh port")
     return data, [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
 
 
