@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["fused_ranks"]
+__all__ = ["fused_ranks", "select_fusion_weight"]
 
 _BLOCK_ELEMS = 1 << 22  # ~16 MB of fp32 scores per block
 
@@ -94,3 +94,56 @@ def fused_ranks(text: Tensor, text_mt: Tensor, visual: Tensor, query_item: Tenso
         r = torch.arange(s, s + fcol.shape[0], device=t.device)[:, None]
         v2t += (fcol > target[None, :]).sum(0) + ((fcol == target[None, :]) & (r < pidx[None, :])).sum(0)
     return t2v, v2t
+
+
+def select_fusion_weight(encode_text, encode_visual, val_sets, test_sets, weights=(0.0, 0.2, 0.5, 0.8, 1.0), *,
+                         metric: str = "sumr", batch_size: int = 256) -> dict:
+    """Translate-test fusion sweep with separate validation and test weights, per language.
+
+    Every query, its MT and every gallery is encoded once; each weight then scores the sets through
+    :func:`ccr_fast.eval.evaluate_encoders` (``fusion_weight=w``). Per language the weight with the best
+    validation ``metric`` is chosen (ties: the smaller w) and the test metrics of *every* weight are reported too.
+
+    Args:
+        encode_text, encode_visual: the method's encoders (as :func:`ccr_fast.eval.evaluate_encoders`).
+        val_sets, test_sets: :class:`ccr_fast.data.EvalSet` s of the same languages, each with ``queries_mt``.
+        weights: fusion weights in [0, 1] (w = weight of the English-MT query; 0 = target query only).
+        metric: the selection metric (a key of the per-language metrics, higher is better).
+
+    Returns:
+        ``{"weights": [...], "metric": metric, "languages": {lang: {"val": {w: metrics}, "test": {w: metrics},
+        "val_weight": w*, "test_at_val_weight": metrics}}}`` (weights as strings ``"0.2"`` for JSON).
+    """
+    from .evaluator import evaluate_encoders
+
+    weights = [float(w) for w in weights]
+    if not weights or any(not 0.0 <= w <= 1.0 for w in weights):
+        raise ValueError(f"weights: expected a non-empty list of floats in [0, 1], got {weights}")
+    langs = [s.lang for s in val_sets]
+    if sorted(langs) != sorted(s.lang for s in test_sets):
+        raise ValueError(f"test_sets: expected the languages of val_sets {langs}, got {[s.lang for s in test_sets]}")
+    for s in list(val_sets) + list(test_sets):
+        if s.queries_mt is None:
+            raise ValueError(f"val_sets/test_sets: the {s.lang!r} set of {s.name!r} has no queries_mt (MT to English)")
+    memo: dict = {}
+
+    def cached(encode, kind):
+        def f(chunk):
+            key = (kind, tuple(chunk)) if kind == "text" else (kind, chunk.shape, hash(chunk.tobytes()))
+            if key not in memo:
+                memo[key] = encode(chunk)
+            return memo[key]
+        return f
+
+    enc_t, enc_v = cached(encode_text, "text"), cached(encode_visual, "visual")
+    big = max(len(s.queries) for s in list(val_sets) + list(test_sets)) + batch_size
+    out = {"weights": weights, "metric": metric, "languages": {}}
+    res = {split: {w: evaluate_encoders(enc_t, enc_v, sets, fusion_weight=w, batch_size=big)
+                   for w in weights} for split, sets in (("val", val_sets), ("test", test_sets))}
+    for lang in langs:
+        rec = {split: {f"{w:g}": res[split][w]["fused"][lang] for w in weights} for split in ("val", "test")}
+        best = max(weights, key=lambda w: (rec["val"][f"{w:g}"][metric], -w))
+        rec["val_weight"] = best
+        rec["test_at_val_weight"] = rec["test"][f"{best:g}"]
+        out["languages"][lang] = rec
+    return out

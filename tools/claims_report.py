@@ -1,0 +1,287 @@
+"""docs/results.md sections and the noise plot from the ``docs/claims_<part>.json`` files of tools/run_claims.py.
+
+Statistics: mean ± sample std over seeds; a claim is judged on the per-seed *paired* difference between its two
+arms (same seed, same data draw) with a two-sided paired t-test at 5 % (critical values of Student's t below).
+Verdict: "reproduces" when the difference has the claimed sign and is significant, "does not reproduce" when it
+is significant with the opposite sign, otherwise "inconclusive given the spread". On the shipped data the seeds
+re-draw only the training, not the 200 test images, so a difference must also exceed the test set's own sampling
+noise (``SHIPPED_FLOOR`` SumR, docs/results.md) before it counts.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Optional
+
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+SHIPPED_FLOOR = 10.0  # SumR: differences below this are within the 200-image test set's sampling noise
+
+
+def mean_sd(vals: List[float]):
+    m = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else float("nan")
+    return m, sd
+
+
+def fmt(vals: List[float], nd: int = 1) -> str:
+    if not vals:
+        return "–"
+    m, sd = mean_sd(vals)
+    return f"{m:.{nd}f}" if math.isnan(sd) else f"{m:.{nd}f} ± {sd:.{nd}f}"
+
+
+def paired(diffs: List[float], claimed_sign: int, floor: float = 0.0) -> dict:
+    """Paired-difference summary and verdict (claimed_sign +1: the claim says the difference is positive)."""
+    n = len(diffs)
+    m, sd = mean_sd(diffs)
+    if n < 2 or math.isnan(sd):
+        return {"n": n, "mean": m, "sd": sd, "t": None, "verdict": "inconclusive (one seed)"}
+    se = sd / math.sqrt(n)
+    t = m / se if se > 0 else (math.inf if m else 0.0)
+    crit = T95.get(n - 1, 1.96)
+    sig = abs(t) > crit and abs(m) >= floor
+    if sig and m * claimed_sign > 0:
+        verdict = "reproduces"
+    elif sig:
+        verdict = "does not reproduce (significant, opposite sign)"
+    else:
+        verdict = "inconclusive given the spread" if m * claimed_sign > 0 else \
+            "does not reproduce (no gain; difference within the spread)"
+    return {"n": n, "mean": m, "sd": sd, "t": t, "t_crit": crit, "floor": floor, "verdict": verdict}
+
+
+def _load(docs: Path, part: str) -> Optional[dict]:
+    p = docs / f"claims_{part}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _by(records, *keys) -> Dict[tuple, list]:
+    out: Dict[tuple, list] = {}
+    for r in records:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out
+
+
+def _diff_str(p: dict, unit: str = "SumR") -> str:
+    t = "–" if p["t"] is None else f"{p['t']:.2f} (crit {p['t_crit']:.2f})"
+    return f"{p['mean']:+.1f} ± {p['sd']:.1f} {unit} (paired over {p['n']} seeds; t = {t}): **{p['verdict']}**"
+
+
+def _footer(saved: dict) -> str:
+    recs = saved["records"]
+    load = " / ".join(f"{x:.2f}" for x in saved.get("load", [])) or "?"
+    return (f"Written by `{saved.get('command', '?')}` (started {saved.get('date', '?')}, finished "
+            f"{saved.get('finished', 'not yet: partial')}; load average at the start {load}; "
+            f"{saved.get('threads', 1)} thread per process); {len(recs)} runs, "
+            f"{sum(r['wall_seconds'] for r in recs) / 60:.1f} min wall in all.")
+
+
+# ----------------------------------------------------------------------------------------------- claim (a)
+def render_noise(saved: dict, docs: Path, labels: dict) -> str:
+    recs = saved["records"]
+    by = _by(recs, "noise", "arm")
+    noises = sorted({r["noise"] for r in recs})
+    lines = ["| MT noise p | seeds | translate-train test de SumR | NRCCR test de SumR | NRCCR − translate-train "
+             "(paired) | steps | best epoch (TT / NRCCR) |", "|" + " --- |" * 7]
+    diffs_noisy, drops = [], {}
+    base_by_seed = {}
+    for n in noises:
+        tt, nr = by.get((n, "translate_train"), []), by.get((n, "nrccr"), [])
+        seeds = sorted({r["seed"] for r in tt} & {r["seed"] for r in nr})
+        tts = {r["seed"]: r for r in tt}
+        nrs = {r["seed"]: r for r in nr}
+        d = [nrs[s]["test"]["sumr"] - tts[s]["test"]["sumr"] for s in seeds]
+        if n == noises[0]:
+            base_by_seed = {s: (tts[s]["test"]["sumr"], nrs[s]["test"]["sumr"]) for s in seeds}
+        elif n >= 0.4 and d:
+            diffs_noisy.append(dict(zip(seeds, d)))
+        for s in seeds:
+            if s in base_by_seed and n != noises[0]:
+                drops.setdefault(n, []).append((base_by_seed[s][1] - nrs[s]["test"]["sumr"])
+                                               - (base_by_seed[s][0] - tts[s]["test"]["sumr"]))
+        steps = sorted({r["steps"] for r in tt + nr})
+        lines.append(f"| {n:g} | {','.join(map(str, seeds))} | {fmt([r['test']['sumr'] for r in tt])} | "
+                     f"{fmt([r['test']['sumr'] for r in nr])} | {fmt(d) if d else '–'} | "
+                     f"{'/'.join(map(str, steps))} | {fmt([r['best_epoch'] for r in tt], 0)} / "
+                     f"{fmt([r['best_epoch'] for r in nr], 0)} |")
+    out = ["\n".join(lines), ""]
+    common = sorted(set.intersection(*[set(d) for d in diffs_noisy])) if diffs_noisy else []
+    if common:
+        per_seed = [sum(d[s] for d in diffs_noisy) / len(diffs_noisy) for s in common]
+        p = paired(per_seed, +1)
+        out.append(f"NRCCR − translate-train, averaged over the noise levels p ≥ 0.4 per seed: {_diff_str(p)}")
+        out.append("")
+    if drops and len(drops[max(drops)]) > 0:
+        worst = max(drops)
+        p = paired(drops[worst], -1)
+        out.append(f"Robustness (the claim proper): NRCCR's loss from p=0 to p={worst:g} minus translate-train's loss "
+                   f"over the same range: {_diff_str(p)} (negative = NRCCR degrades less).")
+        out.append("")
+    if plot_noise(saved, docs / "claims_noise.png", labels):
+        out.append("![test de SumR vs MT noise](claims_noise.png)")
+        out.append("")
+    out.append(_footer(saved))
+    return "\n".join(out)
+
+
+def plot_noise(saved: dict, path: Path, labels: dict) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    recs = saved["records"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, style in (("translate_train", "o-"), ("nrccr", "s-")):
+        ns = sorted({r["noise"] for r in recs if r["arm"] == arm})
+        if not ns:
+            continue
+        ms = [mean_sd([r["test"]["sumr"] for r in recs if r["arm"] == arm and r["noise"] == n]) for n in ns]
+        ax.errorbar(ns, [m for m, _ in ms], yerr=[0 if math.isnan(s) else s for _, s in ms], fmt=style, capsize=3,
+                    label=labels.get(arm, arm))
+    ax.set_xlabel("MT noise p (per concept word: p/2 dropped, p/2 substituted)")
+    ax.set_ylabel("test SumR, human German queries (max 600)")
+    seeds = sorted({r["seed"] for r in recs})
+    ax.set_title(f"Synthetic en→de, mean ± std over seeds {seeds}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def render_noise_lr(saved: dict, main: Optional[dict]) -> str:
+    """Learning-rate check of claim (a): best validation and test SumR per arm, lr and noise level (one seed)."""
+    recs = list(saved["records"])
+    if main:  # the noise sweep's own runs are the lr 2e-3 rows
+        lr_main = main["records"][0]["overrides"]["lr"]
+        seeds = {r["seed"] for r in recs}
+        levels = {r["noise"] for r in recs}
+        recs += [dict(r, arm=f"{r['arm']}_lr{lr_main:g}") for r in main["records"]
+                 if r["seed"] in seeds and r["noise"] in levels]
+    levels = sorted({r["noise"] for r in recs})
+    lines = ["| arm | lr | " + " | ".join(f"p={n:g}: best val SumR / test SumR" for n in levels) + " |",
+             "|" + " --- |" * (2 + len(levels))]
+    by = {(r["arm"], r["noise"]): r for r in recs}
+    arms = sorted({r["arm"] for r in recs}, key=lambda a: (a.rsplit("_lr", 1)[0], float(a.rsplit("_lr", 1)[1])))
+    picks = {}
+    for a in arms:
+        base, lr = a.rsplit("_lr", 1)
+        cells = []
+        for n in levels:
+            r = by.get((a, n))
+            if r is None:
+                cells.append("–")
+                continue
+            val = max(h["val_sumr"] for h in r["history"])
+            cells.append(f"{val:.1f} / {r['test']['sumr']:.1f}")
+            best = picks.get((base, n))
+            if best is None or val > best[1]:
+                picks[(base, n)] = (lr, val)
+        lines.append(f"| {base} | {lr} | " + " | ".join(cells) + " |")
+    out = ["\n".join(lines), "",
+           "Learning rate chosen on validation: " + "; ".join(f"{b} at p={n:g}: {lr}" for (b, n), (lr, _) in
+                                                             sorted(picks.items())) + ".", "", _footer(saved)]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------- claims b, c, fair
+def render_pair(saved: dict, labels: dict, arms: tuple, claim_sign: int, mrv_claim: bool = False) -> str:
+    recs = saved["records"]
+    by = _by(recs, "arm")
+    langs = recs[0]["test"]["per_language"].keys()
+    head = ("| arm | seeds | " + " | ".join(f"{lang} SumR" for lang in langs) + " | mean SumR | R@1 t2v / v2t | "
+            "MRV | steps | best epoch | wall s |")
+    lines = [head, "|" + " --- |" * (8 + len(langs))]
+    for arm in arms:
+        rs = by.get((arm,), [])
+        if not rs:
+            continue
+        cells = [fmt([r["test"]["per_language"][lang]["sumr"] for r in rs]) for lang in langs]
+        cells.append("**" + fmt([r["test"]["sumr"] for r in rs]) + "**")
+        cells.append(f"{fmt([r['test']['t2v_r1'] for r in rs])} / {fmt([r['test']['v2t_r1'] for r in rs])}")
+        cells.append(fmt([r["test"]["mrv"] for r in rs], 2) if all("mrv" in r["test"] for r in rs) else "–")
+        cells.append("/".join(str(s) for s in sorted({r["steps"] for r in rs})))
+        cells.append(f"{fmt([r['best_epoch'] for r in rs], 0)} of {rs[0]['epochs']}")
+        cells.append(f"{sum(r['wall_seconds'] for r in rs) / len(rs):.0f}")
+        lines.append(f"| {labels.get(arm, arm)} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
+    out = ["\n".join(lines), ""]
+    a = {r["seed"]: r for r in by.get((arms[0],), [])}
+    b = {r["seed"]: r for r in by.get((arms[1],), [])}
+    seeds = sorted(set(a) & set(b))
+    if seeds:
+        d = [a[s]["test"]["sumr"] - b[s]["test"]["sumr"] for s in seeds]
+        out.append(f"{labels.get(arms[0])} − {labels.get(arms[1])}, mean test SumR: "
+                   f"{_diff_str(paired(d, claim_sign, SHIPPED_FLOOR))}")
+        out.append("")
+        if mrv_claim and all("mrv" in a[s]["test"] and "mrv" in b[s]["test"] for s in seeds):
+            dm = [a[s]["test"]["mrv"] - b[s]["test"]["mrv"] for s in seeds]
+            p = paired(dm, -1)
+            t = "–" if p["t"] is None else f"{p['t']:.2f} (crit {p['t_crit']:.2f})"
+            out.append(f"MRV difference (lower is more consistent across languages): {p['mean']:+.2f} ± "
+                       f"{p['sd']:.2f} (paired over {p['n']} seeds; t = {t}): **{p['verdict']}**")
+            out.append("")
+    out.append(_footer(saved))
+    return "\n".join(out)
+
+
+def render_fusion(saved: dict) -> str:
+    recs = [r for r in saved["records"] if "fusion" in r]
+    if not recs:
+        return "No fusion sweep recorded yet."
+    weights = recs[0]["fusion"]["weights"]
+    out = []
+    for lang in recs[0]["fusion"]["languages"]:
+        rows = ["| w (weight of the English-MT query) | val SumR | test SumR |", "| --- | --- | --- |"]
+        for w in weights:
+            k = f"{w:g}"
+            rows.append(f"| {k} | {fmt([r['fusion']['languages'][lang]['val'][k]['sumr'] for r in recs])} | "
+                        f"{fmt([r['fusion']['languages'][lang]['test'][k]['sumr'] for r in recs])} |")
+        chosen = [r["fusion"]["languages"][lang]["val_weight"] for r in recs]
+        at = [r["fusion"]["languages"][lang]["test_at_val_weight"]["sumr"] for r in recs]
+        name = {"de": "de (xFlickr&CO German captions, de2en Google MT)",
+                "es": "es (xFlickr&CO Spanish captions, es2en Google MT)"}.get(lang, lang)
+        out += [f"**{name}** — checkpoints of seeds {[r['seed'] for r in recs]}:", "", "\n".join(rows), "",
+                f"Weight chosen on validation per seed: {chosen}; test SumR at the chosen weight: {fmt(at)}.", ""]
+    out.append(_footer(saved))
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------------- doc
+def _replace(text: str, name: str, body: str) -> str:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    section = f"{begin}\n\n{body}\n\n{end}"
+    if begin in text and end in text:
+        return text[: text.index(begin)] + section + text[text.index(end) + len(end):]
+    return text.rstrip() + "\n\n" + section + "\n"
+
+
+def write_all(docs: Path, arms: dict) -> None:
+    """Regenerate every claims section of docs/results.md present as markers (or appended) from the JSON files."""
+    labels = {a: lab for part in arms.values() for a, lab, _ in part}
+    doc = docs / "results.md"
+    text = doc.read_text() if doc.exists() else "# Results\n"
+    s = _load(docs, "noise")
+    if s:
+        text = _replace(text, "claims-noise", render_noise(s, docs, {"translate_train": labels["translate_train"],
+                                                                     "nrccr": "NRCCR"}))
+    s2 = _load(docs, "noise_lr")
+    if s2:
+        text = _replace(text, "claims-noise-lr", render_noise_lr(s2, _load(docs, "noise")))
+    s = _load(docs, "ccrk")
+    if s:
+        text = _replace(text, "claims-ccrk", render_pair(s, labels, ("1toK", "1to1"), +1, mrv_claim=True))
+        text = _replace(text, "fusion", render_fusion(s))
+    s = _load(docs, "cl2cm")
+    if s:
+        text = _replace(text, "claims-cl2cm", render_pair(s, labels, ("kt", "no_kt"), +1))
+    s = _load(docs, "fair")
+    if s:
+        fl = dict(labels, nrccr="NRCCR (full; adversarial inert, frozen encoder)",
+                  baseline="baseline, NRCCR's loss and pooling")
+        text = _replace(text, "claims-fair", render_pair(s, fl, ("nrccr", "baseline"), +1))
+    doc.write_text(text)
