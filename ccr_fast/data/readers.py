@@ -423,7 +423,9 @@ def load_nrccr_collection(root: PathLike, caption_files: Sequence[PathLike], fea
         for c in caps:
             kind, key = nrccr_tag_to_key(c.tag)
             if kind == "captions":
-                captions.setdefault(key, [[] for _ in vids])[items[c.visual_id]].append((c.k, c.text))
+                if key not in captions:  # (not setdefault: its default would be built for every caption)
+                    captions[key] = [[] for _ in vids]
+                captions[key][items[c.visual_id]].append((c.k, c.text))
             else:
                 trans_raw.setdefault(key, {})[(c.visual_id, c.k)] = (c.text, path, c.cap_id)
     translations = OrderedDict()

@@ -32,6 +32,7 @@ from ..data.collate import to_device
 from ..eval.scoring import evaluate_method, format_metrics
 from . import checkpoint as ckpt
 from . import distributed as dist
+from .state_cache import install_state_cache
 
 log = logging.getLogger("ccr_fast.training")
 
@@ -180,19 +181,10 @@ def lr_lambda(cfg: Config, total_steps: int):
     return f
 
 
-_STATE_CACHES: Dict[tuple, dict] = {}
-
-
 def share_text_state_cache(method, cfg: Config) -> None:
-    """Let every run of this process with the same frozen pretrained text encoder share one token-state cache
-    (a frozen encoder gives the same states for the same token ids; e.g. ``tools/run_comparison.py``)."""
-    from ..models.text import TextBackbone
-
-    if cfg.model.tiny_text_encoder or not cfg.model.cache_text_states:
-        return
-    for mod in method.modules():
-        if isinstance(mod, TextBackbone) and mod.use_cache and mod.frozen():
-            mod._cache = _STATE_CACHES.setdefault((str(cfg.text_encoder), cfg.model.max_tokens), {})
+    """Give the method's frozen, cached text encoders a bounded token-state cache shared by every run of this process
+    with the same pretrained encoder (:mod:`.state_cache`; e.g. ``tools/run_claims.py``)."""
+    install_state_cache(method, cfg)
 
 
 def resolve_config(config=None, overrides: Optional[dict] = None) -> Config:
@@ -255,7 +247,7 @@ def build(cfg: Config, datasets: Optional[dict] = None) -> Run:
         if isinstance(train_set, CCRData):
             train_set = method.train_dataset(train_set)
     method.to(device)
-    share_text_state_cache(method, cfg)
+    _, cache_note = install_state_cache(method, cfg, train_set)
     n = len(train_set)
     if n < world * 2:
         raise ValueError(f"train data: {n} samples is too few for {world} process(es)")
@@ -296,6 +288,7 @@ def build(cfg: Config, datasets: Optional[dict] = None) -> Run:
         save_config(cfg, run_dir / "config.json")
         if cfg.resume:
             run.say(why)
+        log.info(cache_note)
     if resume_path is not None:
         ckpt.load_weights(method, resume_path)
         saved = ckpt.load_trainer_state(resume_path)
