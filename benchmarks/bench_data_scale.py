@@ -4,23 +4,28 @@ Writes (once, reused) a collection in the NRCCR release layout: N_ITEMS = 200,00
 features in ``FeatureData/resnet_152/train-resnet_152-avgpool.npy`` (819 MB), 5 English captions per image
 (1,000,000 caption lines) in ``TextData/<coll>train_enc.caption.txt`` plus the MT and back-translation files
 (3,000,000 lines in all), and small val/test splits. Then trains NRCCR for 200 steps (batch 128, the tiny random
-text encoder, DataLoader with 2 workers) through ``ccr_fast.train(data=<folder>)`` and reports:
+text encoder kept frozen as in the built-in default, DataLoader with 2 workers) through
+``ccr_fast.train(data=<folder>)`` and reports:
 
 * load time of the training split (compact caption tables, memory-mapped features);
 * steady-state samples/s (steps 50..200, from the per-step timestamps in ``metrics.jsonl``);
 * memory during the ``ccr_fast.train`` call, sampled every 0.25 s from ``/proc``: peak RSS of the main process,
   peak RSS of a DataLoader worker (forked: most of it is the parent's pages, shared copy-on-write), and the peak of
   the summed PSS (proportional set size: shared pages split between the processes) of main + workers, which is
-  the memory the run really holds; next to the feature file size.
+  the memory the run really holds; next to the feature file size;
+* the growth of RSS/PSS per step over the steady-state steps (least squares over the samples): flat when nothing
+  accumulates per step (the text-state cache is bounded, :mod:`ccr_fast.training.state_cache`).
 
-Output: ``benchmarks/data_scale.json`` and ``benchmarks/RESULTS_data_scale.md`` (kept apart from RESULTS.md, which
-is generated from ``benchmarks/results/``). Usage: ``python benchmarks/bench_data_scale.py [--dir /tmp/ccr_scale]
-[--items 200000] [--captions-per-item 5] [--steps 200]``.
+Output: ``benchmarks/results/data_scale-cpu.json``; ``benchmarks/RESULTS.md`` is regenerated from every JSON in
+that folder (the section is rendered by :func:`ccr_fast.bench.report.data_scale_section`). Usage:
+``python benchmarks/bench_data_scale.py [--dir /tmp/ccr_scale] [--items 200000] [--captions-per-item 5]
+[--steps 200] [--workers 2]``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import resource
@@ -97,6 +102,7 @@ class MemoryMonitor:
 
         self.every, self.stop = every, False
         self.peak_main = self.peak_child = self.peak_pss = 0
+        self.series = []  # (time, main RSS, summed worker RSS, summed PSS)
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     @staticmethod
@@ -122,11 +128,13 @@ class MemoryMonitor:
         me = os.getpid()
         while not self.stop:
             kids = self._children(me)
-            self.peak_main = max(self.peak_main, self._field(f"/proc/{me}/status", "VmRSS"))
-            for k in kids:
-                self.peak_child = max(self.peak_child, self._field(f"/proc/{k}/status", "VmRSS"))
+            main = self._field(f"/proc/{me}/status", "VmRSS")
+            child = [self._field(f"/proc/{k}/status", "VmRSS") for k in kids]
+            self.peak_main = max(self.peak_main, main)
+            self.peak_child = max([self.peak_child] + child)
             pss = sum(self._field(f"/proc/{p}/smaps_rollup", "Pss") for p in [me] + kids)
             self.peak_pss = max(self.peak_pss, pss)
+            self.series.append((time.time(), main, sum(child), pss))
             time.sleep(self.every)
 
     def __enter__(self):
@@ -154,9 +162,14 @@ def run(args) -> dict:
                      **{"model.visual_dim": None, "files.coll": "scale", "eval.every_epoch": False,
                         "optim.schedule": "constant", "nrccr.w_adv": 0.0})
     cfg = load_config(None, **overrides)
+    notes = _Notes()
+    logger = logging.getLogger("ccr_fast.training")
+    logger.addHandler(notes)
+    logger.setLevel(logging.INFO)
     t1 = time.time()
     with MemoryMonitor() as mon:
         res = ccr_fast.train(None, **overrides)
+    logger.removeHandler(notes)
     wall = time.time() - t1
     t0 = time.time()
     train_data = load_data(cfg, "train")
@@ -168,6 +181,7 @@ def run(args) -> dict:
     t = {r["step"]: r["time"] for r in recs}
     lo = min(50, args.steps // 4)
     sps = (args.steps - lo) * 128 / (t[args.steps] - t[lo])
+    slopes = rss_slopes(mon.series, t[lo], t[args.steps], (args.steps - lo) / (t[args.steps] - t[lo]))
     return {
         "suite": "data_scale", "machine": platform.node(), "cpu_count": os.cpu_count(),
         "load_avg_before": args.load_before, "load_avg_after": os.getloadavg(), "torch": torch.__version__,
@@ -178,39 +192,45 @@ def run(args) -> dict:
         "peak_rss_main_bytes": mon.peak_main, "peak_rss_largest_worker_bytes": mon.peak_child,
         "peak_pss_total_bytes": mon.peak_pss, "hwm_main_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "feature_file_bytes": manifest["feature_bytes"], "test_sumr": res.metrics.get("sumr"),
+        "rss_slope_bytes_per_step": slopes, "command": args.command, "ccr_fast_path": ccr_fast.__file__,
+        "git_commit": _git_commit(), "text_state_cache": "; ".join(notes.lines),
     }
 
 
+def rss_slopes(series, t0: float, t1: float, steps_per_s: float) -> dict:
+    """Least-squares growth of main RSS, summed worker RSS and summed PSS over [t0, t1], in bytes per step."""
+    pts = np.array([p for p in series if t0 <= p[0] <= t1], dtype=np.float64)
+    if len(pts) < 3:
+        return {}
+    names = ("main_rss", "workers_rss", "pss_total")
+    return {n: float(np.polyfit(pts[:, 0], pts[:, i + 1], 1)[0] / steps_per_s) for i, n in enumerate(names)}
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+class _Notes(logging.Handler):
+    """Keeps the training loop's log lines about the text-state cache."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        if "cache" in record.getMessage():
+            self.lines.append(record.getMessage())
+
+
 def report(r: dict) -> str:
-    gb = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
-    c = r["collection"]
-    return "\n".join([
-        "# Data-layer scale benchmark (`benchmarks/bench_data_scale.py`)",
-        "",
-        f"Synthetic NRCCR-layout collection: {c['items']:,} images × {c['captions_per_item']} en captions "
-        f"({r['train_captions']:,} caption lines per file; en + MT + back-translation files, "
-        f"{c['caption_bytes'] / 2**20:.0f} MiB of text) and {c['dim']}-d float16 features "
-        f"({gb(r['feature_file_bytes'])} `.npy`, memory-mapped). NRCCR, tiny random text encoder, batch "
-        f"{r['batch_size']}, {r['steps']} steps, DataLoader with {r['workers']} workers. Machine: {r['cpu_count']} "
-        f"CPUs, shared; load average before/after {r['load_avg_before'][0]:.1f} / {r['load_avg_after'][0]:.1f}.",
-        "",
-        "| figure | value |",
-        "| --- | --- |",
-        f"| load of the training split (3 caption files parsed into compact tables) | {r['train_split_load_seconds']:.1f} s |",
-        f"| compact caption tables (3 × {r['train_captions']:,} captions) | {r['caption_table_bytes'] / 2**20:.0f} MiB |",
-        f"| steady-state throughput (steps {r['steady_from_step']}–{r['steps']}) | {r['steady_samples_per_s']:.0f} samples/s |",
-        f"| `ccr_fast.train` call (load, {r['steps']} steps, test on 500 images) | {r['train_call_seconds']:.0f} s |",
-        f"| peak RSS, main process (during `train`) | {gb(r['peak_rss_main_bytes'])} |",
-        f"| peak RSS, a DataLoader worker (mostly the parent's pages, shared copy-on-write) | "
-        f"{gb(r['peak_rss_largest_worker_bytes'])} |",
-        f"| peak summed PSS, main + workers (memory really held) | {gb(r['peak_pss_total_bytes'])} |",
-        f"| feature file size | {gb(r['feature_file_bytes'])} |",
-        "",
-        "Feature rows are read with `os.pread` from the memory-mapped file's page cache, so the feature file is never",
-        "resident in the processes: the resident set is the Python/torch runtime (~0.25 GiB), the tokenizer, the compact",
-        "caption tables above, the model with its optimiser state, and the batches in flight. Before this change (rows",
-        "read through the mapping) kernel read-ahead made every worker's RSS grow by ~140 KB per row read.",
-    ]) + "\n"
+    from ccr_fast.bench.report import data_scale_section
+
+    return "\n".join(["# Data-layer scale benchmark (`benchmarks/bench_data_scale.py`)", ""]
+                     + data_scale_section(r)) + "\n"
 
 
 def main(argv=None) -> int:
@@ -220,13 +240,20 @@ def main(argv=None) -> int:
     p.add_argument("--captions-per-item", type=int, default=5)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", default=str(HERE))
+    p.add_argument("--out", default=str(HERE / "results" / "data_scale-cpu.json"))
+    p.add_argument("--results-md", default=str(HERE / "RESULTS.md"),
+                   help="regenerated from every JSON next to --out (empty: not written)")
     args = p.parse_args(argv)
     args.load_before = os.getloadavg()
+    args.command = "python benchmarks/bench_data_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     r = run(args)
     out = Path(args.out)
-    (out / "data_scale.json").write_text(json.dumps(r, indent=2))
-    (out / "RESULTS_data_scale.md").write_text(report(r))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=2))
+    if args.results_md:
+        from ccr_fast.bench.report import write_results_md
+
+        write_results_md(str(out.parent), args.results_md)
     print(report(r))
     return 0
 
