@@ -34,9 +34,11 @@ class ModelConfig:
 
     ``trainable_layers``: encoder layer indices (ints) or names (``"layer.10"``) that stay trainable; every other
     encoder layer, the embeddings and the pooler are frozen. ``None`` trains everything, ``[]`` freezes the encoder.
-    ``train_top_layers``: n > 0 also trains the top n encoder layers (on top of ``trainable_layers``; the token-state
-    cache is then off, so every step runs the encoder).
-    ``cache_text_states``: with a fully frozen encoder, cache each caption's token states (fast CPU training).
+    ``train_top_layers``: n > 0 also trains the top n encoder layers (on top of ``trainable_layers``; with
+    ``cache_text_states`` the input states of the lowest trained layer are cached, so a step runs only the trained
+    layers).
+    ``cache_text_states``: cache each caption's token states when the encoder is frozen, or the input states of the
+    trained top block when only top layers train (fast CPU training).
     ``tiny_text_encoder``: build a random-init BERT of this hidden size (tests; no weights read) instead of loading.
     ``visual_dim``: the visual feature width; None (the default) reads it from the data, a set value must match.
     """
@@ -111,7 +113,7 @@ class LinearConfig:
     ``lambdas``: ridge strengths relative to the mean eigenvalue of XᵀX, the best on validation is kept;
     ``center_text``: subtract the training captions' mean text embedding (both sides of the cosine)."""
 
-    lambdas: List[float] = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0])
+    lambdas: List[float] = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
     center_text: bool = True
 
 
@@ -182,6 +184,9 @@ class CCRkConfig:
     vision_proj: str = "linear"  # "linear" | "identity" (the visual encoder's output is the embedding)
     caption_groups: str = "min"  # "min" | "max": every caption of each item, fewer ones repeated (CCRkDataset)
     id_aware: bool = False  # ITC positives: every text of the same visual item in the batch (duplicates too)
+    text_center: bool = False  # subtract a running mean of the normalised pooled caption embeddings, renormalise
+    querybank: bool = False  # ITC ranking with query-bank normalisation over the training captions/images
+    querybank_beta: float = 20.0  # inverse temperature of that normalisation
 
 
 @dataclass

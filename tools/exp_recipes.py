@@ -44,6 +44,18 @@ def sumr_one(t, v):
     return out
 
 
+def preprocess(feats, tr, how):
+    """Visual feature preprocessing with train-split statistics: none | center | std | sqrt_std."""
+    if how == "none":
+        return feats
+    x = feats.sqrt() if how.startswith("sqrt") else feats
+    mu = x[tr].mean(0)
+    x = x - mu
+    if how.endswith("std"):
+        x = x / x[tr].std(0).clamp_min(1e-6)
+    return x
+
+
 def evaluate(enc_t, enc_v, emb, feats, idx):
     res = {}
     v = enc_v(feats[idx])
@@ -95,12 +107,28 @@ def ridge(c, feats, emb, text, mode="all", center=True, lambdas=(0.003, 0.01, 0.
     return out
 
 
+class Res(nn.Module):
+    def __init__(self, dv, d, hidden, drop):
+        super().__init__()
+        self.drop = nn.Dropout(drop)
+        self.lin = nn.Linear(dv, d)
+        self.mlp = nn.Sequential(nn.Linear(dv, hidden), nn.ReLU(), nn.Dropout(drop), nn.Linear(hidden, d))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x):
+        x = self.drop(x)
+        return self.lin(x) + self.mlp(x)
+
+
 class Model(nn.Module):
     def __init__(self, dv, dt, d, vis="linear", hidden=1024, text_head="linear", temp=0.05, learn_temp=True,
                  tmean=None, center=False, drop=0.0):
         super().__init__()
         if vis == "linear":
-            self.vis = nn.Linear(dv, d)
+            self.vis = nn.Sequential(nn.Dropout(drop), nn.Linear(dv, d))
+        elif vis == "res":  # linear map plus a zero-initialised ReLU-MLP residual
+            self.vis = Res(dv, d, hidden, drop)
         elif vis == "linear2":
             self.vis = nn.Sequential(nn.Linear(dv, hidden), nn.Linear(hidden, d))
         else:
@@ -158,6 +186,15 @@ def contrastive(m, c, feats, emb, text, mode="all", epochs=30, bs=64, lr=1e-3, w
                 l_i2t = -((pos / pos.sum(1, keepdim=True)) * logits.log_softmax(1)).sum(1).mean()
                 l_t2i = F.cross_entropy(logits.t(), owner)
                 L = 0.5 * (l_i2t + l_t2i)
+                if kw.get("hn", 0):  # VSE++ max-violation triplet on cosines, margin kw["margin"]
+                    cos = v @ t.t()
+                    pc = (cos * pos).sum(1) / pos.sum(1)  # mean positive cosine per image
+                    neg_i = cos.masked_fill(pos.bool(), -2).max(1).values
+                    cos_t = cos.t()
+                    own = cos_t.gather(1, owner.unsqueeze(1)).squeeze(1)
+                    neg_t = cos_t.masked_fill(pos.t().bool(), -2).max(1).values
+                    mg = kw.get("margin", 0.2)
+                    L = L + kw["hn"] * ((mg + neg_i - pc).clamp_min(0).mean() + (mg + neg_t - own).clamp_min(0).mean())
                 opt.zero_grad(); L.backward(); opt.step(); sched.step()
                 with torch.no_grad():
                     m.logt.clamp_(math.log(0.001), math.log(0.5))
@@ -223,21 +260,25 @@ def main():
                       " ".join(f"{k}={bt[k]:.1f}" for k in LANGS), flush=True)
         return
     grid = json.loads(args.grid)
-    base = dict(mode="all", epochs=30, bs=64, lr=1e-3, wd=0.01, loss="1toK", vis="linear", text_head="linear",
+    feats_raw = feats
+    base = dict(vis_pre="none", hn=0.0, margin=0.2, mode="all", epochs=30, bs=64, lr=1e-3, wd=0.01, loss="1toK", vis="linear", text_head="linear",
                 d=256, temp=0.05, learn_temp=True, center=False, hidden=1024, drop=0.0, seed=0)
     keys = list(grid)
     import itertools
     for vals in itertools.product(*[grid[k] for k in keys]):
         cfg = dict(base, **dict(zip(keys, vals)))
+        feats = preprocess(feats_raw, c["split"]["train"], cfg["vis_pre"])
         tmean = None
         tr = c["split"]["train"]
-        tmean = F.normalize(emb["t1_en"][tr, 0], dim=-1).mean(0)
+        pool = train_pool(c, emb, text, tr, cfg["mode"])
+        tmean = F.normalize(torch.cat([g[l] for g in pool for l in LANGS]), dim=-1).mean(0)
         d = 384 if cfg["text_head"] == "identity" else cfg["d"]
         m = Model(2048, 384, d, cfg["vis"], cfg["hidden"], cfg["text_head"], cfg["temp"], cfg["learn_temp"], tmean,
                   cfg["center"], cfg["drop"])
         t0 = time.time()
         (bv, be, bt), hist, total = contrastive(m, c, feats, emb, text, cfg["mode"], cfg["epochs"], cfg["bs"],
-                                                cfg["lr"], cfg["wd"], cfg["loss"], cfg["seed"])
+                                                cfg["lr"], cfg["wd"], cfg["loss"], cfg["seed"],
+                                                hn=cfg["hn"], margin=cfg["margin"])
         if args.log:
             with open(args.log, "a") as f:
                 f.write(json.dumps({"what": "contrastive", "config": cfg, "val_mean_sumr": bv, "best_epoch": be,

@@ -139,6 +139,26 @@ def id_aware_itc(img: torch.Tensor, txt: torch.Tensor, index: torch.Tensor, k: i
     return 0.5 * (i2t + t2i)
 
 
+class TextCenter(nn.Module):
+    """Subtracts the mean of the (normalised) pooled caption embeddings ``[N, H]``: a running mean updated from
+    every training batch (momentum 0.1, the first batch sets it; no gradient), fixed in eval. Removes the common
+    direction that all captions of a pretrained encoder share, so cosines spread out."""
+
+    def __init__(self, width: int, momentum: float = 0.1):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                m = x.detach().float().mean(0)
+                self.mean.copy_(m if int(self.seen) == 0 else (1 - self.momentum) * self.mean + self.momentum * m)
+                self.seen += 1
+        return x - self.mean.to(x.dtype)
+
+
 class CCRk(Method):
     name = "ccrk"
 
@@ -160,7 +180,18 @@ class CCRk(Method):
             self.text_proj = nn.Linear(h, m.embed_dim)
         else:
             raise ConfigError(f"ccrk.text_proj must be 'linear' or 'identity', got {c.text_proj!r}")
-        self.visual = build_visual(m.visual_encoder, m.visual_dim, m.visual_hidden)
+        self.visual = build_visual(m.visual_encoder, m.visual_dim, m.visual_hidden, dropout=m.dropout)
+        self.text_center = TextCenter(h) if c.text_center else None
+        if c.querybank and c.k_test:
+            raise ConfigError("ccrk.querybank normalises ITC ranking; it cannot be combined with the ITM re-rank "
+                              f"(ccrk.k_test={c.k_test}); set one of them off")
+        if c.querybank and not c.querybank_beta > 0:
+            raise ConfigError(f"ccrk.querybank_beta: expected a positive float, got {c.querybank_beta}")
+        # query bank (ccrk.querybank): embeddings of the training captions and images, refreshed from the training
+        # data at every evaluation of a training run and saved with the weights for later evaluations
+        self.register_buffer("qb_text", torch.zeros(0, m.embed_dim))
+        self.register_buffer("qb_visual", torch.zeros(0, m.embed_dim))
+        self._qb_data = None
         if c.vision_proj == "identity":  # the visual encoder maps straight into the common space
             if m.visual_hidden != m.embed_dim:
                 raise ConfigError(f"ccrk.vision_proj='identity' needs model.visual_hidden == model.embed_dim, got "
@@ -185,7 +216,49 @@ class CCRk(Method):
     # --- data / scorer ----------------------------------------------------------------------------------------
     def train_dataset(self, data):
         """K-language groups: every item with a caption in each of ``languages`` (image-major texts)."""
+        self._qb_data = data if self.mcfg.querybank else None
         return CCRkDataset(data, list(self.cfg.languages), groups=self.mcfg.caption_groups)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kw):
+        for name in ("qb_text", "qb_visual"):  # the banks' sizes come from the checkpoint
+            if prefix + name in state_dict:
+                setattr(self, name, torch.zeros_like(state_dict[prefix + name], device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kw)
+
+    @torch.no_grad()
+    def refresh_querybank(self, data=None, batch_size: int = 256) -> None:
+        """Embed every caption (in ``languages``) and every visual item of the training data into the banks."""
+        data = self._qb_data if data is None else data
+        texts = [t for lang in self.cfg.languages for caps in data.captions.get(lang, []) for t in caps if t]
+        if not texts or len(data) == 0:
+            raise ValueError("ccrk.querybank: the training data has no caption in languages "
+                             f"{list(self.cfg.languages)}")
+        self.qb_text = self.encode_text(texts, batch_size=batch_size)
+        self.qb_visual = self.encode_visual(data.features, batch_size=batch_size)
+
+    def _querybank_encoders(self):
+        """Encoders whose dot products give query-bank-normalised scores (inverted softmax over a bank of
+        training queries): ``s'(t, v) = t·v − c_v(v) − c_t(t)`` with ``c_v(v) = logsumexp_b(β t_b·v)/β`` over the
+        training captions and ``c_t(t) = logsumexp_b(β t·v_b)/β`` over the training images. ``c_t`` is constant
+        along a text-to-visual ranking and ``c_v`` along a visual-to-text one, so text→visual ranks are normalised
+        by ``c_v`` and visual→text ranks by ``c_t``. Embeddings ``[N, d+2]``: text ``[t, 1, −c_t]``, visual
+        ``[v, −c_v, 1]``."""
+        if self.qb_text.shape[0] == 0 or self.qb_visual.shape[0] == 0:
+            raise ValueError("ccrk.querybank: the query bank is empty (train this model, or load a checkpoint "
+                             "saved by a training run with ccrk.querybank on)")
+        beta = float(self.mcfg.querybank_beta)
+
+        def enc_text(texts):
+            t = self.encode_text(texts)
+            c = torch.logsumexp(beta * (t @ self.qb_visual.t()), 1, keepdim=True) / beta
+            return torch.cat([t, torch.ones_like(c), -c], 1)
+
+        def enc_visual(features):
+            v = self.encode_visual(features)
+            c = torch.logsumexp(beta * (v @ self.qb_text.t()), 1, keepdim=True) / beta
+            return torch.cat([v, -c, torch.ones_like(c)], 1)
+
+        return enc_text, enc_visual
 
     def eval_languages(self):
         return list(self.cfg.languages)
@@ -197,6 +270,14 @@ class CCRk(Method):
             from ..eval.scoring import rerank_results
 
             return rerank_results(self, eval_sets, batch_size, k)
+        if self.mcfg.querybank:
+            from ..eval import evaluate_encoders
+
+            if self._qb_data is not None:
+                self.refresh_querybank()
+            enc_text, enc_visual = self._querybank_encoders()
+            return evaluate_encoders(enc_text, enc_visual, eval_sets, fusion_weight=self.translate_test_weight,
+                                     batch_size=batch_size)
         return super().score(eval_sets, batch_size)
 
     # --- embeddings -------------------------------------------------------------------------------------------
@@ -207,6 +288,8 @@ class CCRk(Method):
 
     def text_embed_from_states(self, states, mask):
         pooled = states[:, 0] if self.mcfg.pool == "cls" else masked_mean(states, mask)
+        if self.text_center is not None:
+            pooled = self.text_center(F.normalize(pooled, dim=-1))
         return F.normalize(self.text_proj(pooled), dim=-1)
 
     def embed_text(self, tok):

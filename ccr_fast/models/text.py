@@ -128,6 +128,7 @@ class TextBackbone(nn.Module):
         self.encoder = encoder
         self.use_cache = cache
         self._cache: Dict[Tuple[int, ...], torch.Tensor] = {}
+        self._cache_at: Optional[int] = None  # the layer whose input states the cache holds (None: final states)
 
     @property
     def hidden_size(self) -> int:
@@ -142,10 +143,56 @@ class TextBackbone(nn.Module):
         h = self.encoder(input_ids=ids[:, :width], attention_mask=mask[:, :width]).last_hidden_state
         return F.pad(h, (0, 0, 0, ids.shape[1] - width)) if width < ids.shape[1] else h
 
+    def _layers(self):
+        layers = getattr(getattr(self.encoder, "encoder", None), "layer", None)
+        return layers if isinstance(layers, nn.ModuleList) else None
+
+    def frozen_prefix(self) -> int:
+        """How many leading encoder layers are frozen when only a top block of layers trains (its first layer's
+        input states are then cacheable); 0 when the embeddings or a lower layer train or the layout is unknown."""
+        layers = self._layers()
+        if layers is None:
+            return 0
+        trainable = [i for i, layer in enumerate(layers) if any(p.requires_grad for p in layer.parameters())]
+        rest = [p for n, p in self.encoder.named_parameters() if not n.startswith("encoder.layer.")]
+        if not trainable or any(p.requires_grad for p in rest) or trainable != list(range(trainable[0], len(layers))):
+            return 0
+        return trainable[0]
+
+    def _top(self, h: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+        """Run encoder layers ``start..`` on input states ``h [N, L, H]`` (additive key mask from ``mask``)."""
+        ext = (1.0 - mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
+        for layer in list(self._layers())[start:]:
+            out = layer(h, attention_mask=ext)
+            h = out[0] if isinstance(out, tuple) else out
+        return h
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Token states ``[N, L, H]`` for ``input_ids``/``attention_mask`` ``[N, L]``."""
-        if not (self.use_cache and self.frozen()):
+        """Token states ``[N, L, H]`` for ``input_ids``/``attention_mask`` ``[N, L]``.
+
+        With ``cache`` on: a frozen encoder runs once per distinct caption; when only the top layers train, the
+        input states of the first trained layer are cached and only the trained layers run per call."""
+        if not self.use_cache:
             return self._run(input_ids, attention_mask)
+        if self.frozen():
+            start = None
+        else:
+            start = self.frozen_prefix() or None
+            if start is None:
+                return self._run(input_ids, attention_mask)
+        if start != self._cache_at:  # the frozen part changed: states cached for another split are stale
+            self._cache.clear()
+            self._cache_at = start
+        width = int(attention_mask.sum(1).max())
+        states = self._cached(input_ids[:, :width], attention_mask[:, :width], start)
+        if start is not None:  # padding positions stay zero, as in the fully cached path
+            m = attention_mask[:, :width]
+            states = self._top(states, m, start) * m.unsqueeze(-1).to(states.dtype)
+        return F.pad(states, (0, 0, 0, input_ids.shape[1] - width)) if width < input_ids.shape[1] else states
+
+    def _cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: Optional[int]) -> torch.Tensor:
+        """States ``[N, L, H]`` from the cache (final states, or the input of layer ``start``), computing the
+        missing captions in length-sorted chunks without gradient."""
         lengths = attention_mask.sum(1).tolist()
         keys = [tuple(input_ids[i, : int(n)].tolist()) for i, n in enumerate(lengths)]
         missing = sorted({k: i for i, k in enumerate(keys) if k not in self._cache}.values(), key=lambda i: lengths[i])
@@ -156,7 +203,12 @@ class TextBackbone(nn.Module):
                 for c in range(0, len(missing), 64):  # length-sorted chunks: little padding
                     chunk = missing[c:c + 64]
                     width = int(max(lengths[i] for i in chunk))
-                    h = self._run(input_ids[chunk, :width], attention_mask[chunk, :width])
+                    if start is None:
+                        h = self._run(input_ids[chunk, :width], attention_mask[chunk, :width])
+                    else:
+                        h = self.encoder(input_ids=input_ids[chunk, :width],
+                                         attention_mask=attention_mask[chunk, :width],
+                                         output_hidden_states=True).hidden_states[start]
                     for j, i in enumerate(chunk):
                         self._cache[keys[i]] = h[j, : int(lengths[i])].detach().clone()
             self.encoder.train(was)

@@ -38,6 +38,25 @@ class LinearVisual(nn.Module):
         return self.linear(x)
 
 
+class NormLinearVisual(nn.Module):
+    """Feature standardisation (BatchNorm without affine: batch statistics in training, running ones in eval) →
+    Dropout → Linear(in, out), no activation. Pooled features ``[N, in]`` (token grids are mean-pooled first)."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(in_dim, affine=False)
+        self.drop = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if x.dim() == 3:
+            x = masked_mean(x, mask)
+        if self.training and x.shape[0] < 2:
+            raise ValueError(f"visual: the 'norm_linear' encoder needs a batch of at least 2 in training, got "
+                             f"{tuple(x.shape)}")
+        return self.linear(self.drop(self.norm(x)))
+
+
 class FrameTransformer(nn.Module):
     """NRCCR video branch: LinearLayer → learned positions → one attention block → mean pooling.
 
@@ -66,11 +85,14 @@ class FrameTransformer(nn.Module):
 
 
 def build_visual(kind: str, in_dim: int, out_dim: int, **kw) -> nn.Module:
-    """``kind`` in {"mlp", "linear", "transformer"}."""
+    """``kind`` in {"mlp", "linear", "norm_linear", "transformer"}; ``dropout`` is used by "norm_linear"."""
     if kind == "mlp":
         return MLPVisual(in_dim, out_dim)
     if kind == "linear":
         return LinearVisual(in_dim, out_dim)
+    if kind == "norm_linear":
+        return NormLinearVisual(in_dim, out_dim, dropout=float(kw.get("dropout", 0.0)))
     if kind == "transformer":
+        kw.pop("dropout", None)
         return FrameTransformer(in_dim, out_dim, **kw)
-    raise ValueError(f"model.visual_encoder must be 'mlp', 'linear' or 'transformer', got {kind!r}")
+    raise ValueError(f"model.visual_encoder must be 'mlp', 'linear', 'norm_linear' or 'transformer', got {kind!r}")

@@ -86,3 +86,56 @@ def test_text_cache_equals_uncached():
         torch.testing.assert_close(out1[i, :n], ref[i, :n], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out1, out2)
     assert len(bb._cache) == 2
+
+
+@pytest.mark.parametrize("top", [1, 2])
+def test_text_prefix_cache_runs_only_the_trained_top_layers(top):
+    """With only the top layers trainable, the cache holds the input states of the lowest trained layer: outputs
+    equal the full encoder's, gradients reach exactly the trained layers, and a changed split clears the cache."""
+    torch.manual_seed(0)
+    enc = tiny_text_encoder(50, hidden=8, layers=3, heads=2, dropout=0.0).eval()
+    freeze_encoder(enc, list(range(3 - top, 3)))
+    bb = TextBackbone(enc, cache=True)
+    assert bb.frozen_prefix() == 3 - top
+    ids = torch.tensor([[0, 5, 6, 2, 1, 1], [0, 7, 8, 9, 11, 2], [0, 2, 1, 1, 1, 1]])
+    mask = (ids != 1).long()
+    ref = enc(input_ids=ids, attention_mask=mask).last_hidden_state
+    out = bb(ids, mask)
+    assert out.shape == ref.shape
+    for i, n in enumerate(mask.sum(1).tolist()):
+        torch.testing.assert_close(out[i, :n], ref[i, :n], atol=1e-5, rtol=1e-5)
+        assert not out[i, n:].any()
+    assert len(bb._cache) == 3 and bb._cache_at == 3 - top
+    masked_mean(out, mask).pow(2).sum().backward()
+    got = {n.split(".")[2] for n, p in enc.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert got == {str(i) for i in range(3 - top, 3)}
+    freeze_encoder(enc, [])  # fully frozen now: the cache switches to final states
+    torch.testing.assert_close(bb(ids, mask), out.detach(), atol=1e-5, rtol=1e-5)
+    assert bb._cache_at is None
+
+
+def test_text_prefix_cache_off_when_a_lower_part_trains():
+    enc = tiny_text_encoder(50, hidden=8, layers=3, heads=2)
+    freeze_encoder(enc, [0, 2])  # not a contiguous top block
+    assert TextBackbone(enc, cache=True).frozen_prefix() == 0
+    freeze_encoder(enc, None)  # everything, embeddings included
+    assert TextBackbone(enc, cache=True).frozen_prefix() == 0
+
+
+def test_norm_linear_visual_standardises_with_running_stats_in_eval():
+    from ccr_fast.models.visual import build_visual
+
+    torch.manual_seed(0)
+    vis = build_visual("norm_linear", 6, 4, dropout=0.0)
+    x = torch.randn(64, 6) * torch.arange(1, 7) + 5
+    vis.train()
+    y = vis(x)
+    z = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5)
+    torch.testing.assert_close(y, vis.linear(z), atol=1e-5, rtol=1e-5)
+    vis.eval()
+    rm, rv = vis.norm.running_mean, vis.norm.running_var
+    torch.testing.assert_close(vis(x[:3]), vis.linear((x[:3] - rm) / torch.sqrt(rv + 1e-5)), atol=1e-5, rtol=1e-5)
+    assert vis(x.view(8, 8, 6)).shape == (8, 4)  # token grids are pooled first
+    vis.train()
+    with pytest.raises(ValueError, match="at least 2"):
+        vis(x[:1])
