@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .ops.ranks import count_target_ranks
 
 ArrayLike = Union[Tensor, np.ndarray, Sequence[int]]
 
@@ -128,7 +127,8 @@ def evaluate_embeddings(text_emb: Tensor, visual_emb: Tensor, text_to_visual: Ar
     """Full-gallery retrieval evaluation from embeddings via the fused :func:`ccr_fast.retrieval.target_ranks`.
 
     t2v: the rank of each caption's item among all items. v2t: for each item with at least one caption, the
-    best rank among its captions (R@k, MedR, MeanR) and every caption's rank (mAP). No Q×G matrix is built.
+    best rank among its captions (R@k, MedR, MeanR) and every caption's rank (mAP). No Q×G matrix is built. The
+    ranks come from the evaluation's one ranking path, :func:`ccr_fast.eval.ranking.embedding_ranks`.
 
     Args:
         text_emb: [Q, d] caption embeddings. visual_emb: [G, d] item embeddings (same device and dtype).
@@ -154,26 +154,9 @@ def evaluate_embeddings(text_emb: Tensor, visual_emb: Tensor, text_to_visual: Ar
     if t2v_idx.size and (t2v_idx.min() < 0 or t2v_idx.max() >= n_vis):
         raise ValueError(f"text_to_visual must be item indices in [0, G={n_vis}), got values in "
                          f"[{t2v_idx.min()}, {t2v_idx.max()}]")
-    text_emb, visual_emb = text_emb.detach(), visual_emb.detach()
-    dev = text_emb.device
+    from .eval.ranking import embedding_ranks  # the one ranking path (eval/ imports this module, not vice versa)
 
-    t2v = count_target_ranks(text_emb, visual_emb, torch.from_numpy(t2v_idx).to(dev), backend=backend)
-
-    # v2t targets: each item's captions as one padded row [G', T] (stable order keeps captions ascending).
-    counts = np.bincount(t2v_idx, minlength=n_vis)
-    items = np.nonzero(counts)[0]
-    order = np.argsort(t2v_idx, kind="stable")
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    pos = np.arange(n_text) - starts[t2v_idx[order]]
-    row_of_item = np.full(n_vis, -1, dtype=np.int64)
-    row_of_item[items] = np.arange(items.size)
-    targets = np.full((items.size, int(counts.max())), -1, dtype=np.int64)
-    targets[row_of_item[t2v_idx[order]], pos] = order
-    best, all_ranks = count_target_ranks(visual_emb[torch.from_numpy(items).to(dev)], text_emb,
-                                         torch.from_numpy(targets).to(dev), backend=backend, return_all=True)
-    all_np = all_ranks.cpu().numpy()
-    per_item = [all_np[i, :counts[item]] for i, item in enumerate(items)]
-    return retrieval_metrics(t2v.cpu().numpy(), best.cpu().numpy(), v2t_all_ranks=per_item)
+    return embedding_ranks(text_emb.detach(), visual_emb.detach(), t2v_idx, backend=backend).metrics()
 
 
 def mean_rank_variance(ranks: ArrayLike) -> float:

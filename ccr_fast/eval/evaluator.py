@@ -2,7 +2,8 @@
 
 Protocol (methods.md §1.7, §3.7): full-gallery ranking; t2v = rank of each caption's item; v2t = best rank among
 the item's captions (mAP over all of them); stable ranks, ties to the lower index; metric keys as
-:func:`ccr_fast.metrics.retrieval_metrics`.
+:func:`ccr_fast.metrics.retrieval_metrics`. Every rank comes from :mod:`ccr_fast.eval.ranking` (the one ranking
+path): :func:`~ccr_fast.eval.ranking.embedding_ranks` for embeddings, the v2t target table for fused ranks.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import torch
 from torch import Tensor
 
 from .. import metrics as M
-from .. import retrieval as R
 from .fusion import fused_ranks
+from .ranking import Ranks, caption_ranks, embedding_ranks
 
 __all__ = ["encode_in_batches", "evaluate_encoders", "ranks_from_embeddings", "METRIC_KEYS"]
 
@@ -56,47 +57,21 @@ def encode_in_batches(encode: Callable, inputs, batch_size: int, what: str) -> T
     return torch.cat(out)
 
 
-def _v2t_targets(query_item: np.ndarray, n_items: int):
-    """Items with captions and a ``[G', T]`` table of their caption indices padded with −1."""
-    counts = np.bincount(query_item, minlength=n_items)
-    items = np.flatnonzero(counts)
-    targets = np.full((items.size, max(int(counts.max()), 1)), -1, dtype=np.int64)
-    fill = np.zeros(n_items, dtype=np.int64)
-    row = np.full(n_items, -1, dtype=np.int64)
-    row[items] = np.arange(items.size)
-    for q, it in enumerate(query_item):
-        targets[row[it], fill[it]] = q
-        fill[it] += 1
-    return items, targets
-
-
 def ranks_from_embeddings(text: Tensor, visual: Tensor, query_item: np.ndarray, *, backend: str = "auto"):
-    """t2v rank per query and best v2t rank per item via :func:`ccr_fast.retrieval.target_ranks`.
+    """t2v rank per query and best v2t rank per item (:func:`ccr_fast.eval.ranking.embedding_ranks`).
 
     Returns:
         ``(t2v [Q] int64, v2t [G] int64)`` numpy; ``v2t`` is −1 for items without captions.
     """
-    qi = torch.from_numpy(np.asarray(query_item, dtype=np.int64)).to(text.device)
-    t2v = R.target_ranks(text, visual, qi, backend=backend)
-    items, targets = _v2t_targets(np.asarray(query_item, dtype=np.int64), visual.shape[0])
-    best = R.target_ranks(visual[torch.from_numpy(items).to(visual.device)], text,
-                          torch.from_numpy(targets).to(text.device), backend=backend)
-    v2t = np.full(visual.shape[0], -1, dtype=np.int64)
-    v2t[items] = best.cpu().numpy()
-    return t2v.cpu().numpy(), v2t
+    r = embedding_ranks(text, visual, query_item, backend=backend)
+    return r.t2v, r.v2t_per_item()
 
 
-def _fused_metrics(text, text_mt, visual, query_item, weight):
-    """Metrics and ranks under translate-test fusion (streamed, see :mod:`ccr_fast.eval.fusion`)."""
+def _fused_ranks(text, text_mt, visual, query_item, weight) -> Ranks:
+    """Ranks under translate-test fusion (streamed, see :mod:`ccr_fast.eval.fusion`)."""
     qi = np.asarray(query_item, dtype=np.int64)
-    t2v, v2t_all = fused_ranks(text, text_mt, visual, torch.from_numpy(qi).to(text.device), weight)
-    t2v, v2t_all = t2v.cpu().numpy(), v2t_all.cpu().numpy()
-    items = np.unique(qi)
-    per_item = [v2t_all[qi == it] for it in items]
-    best = np.full(visual.shape[0], -1, dtype=np.int64)
-    best[items] = [r.min() for r in per_item]
-    metrics = M.retrieval_metrics(t2v, best[items], v2t_all_ranks=per_item)
-    return metrics, t2v, best
+    t2v, v2t_caption = fused_ranks(text, text_mt, visual, torch.from_numpy(qi).to(text.device), weight)
+    return caption_ranks(t2v, v2t_caption, qi, visual.shape[0])
 
 
 def _mean(dicts: Sequence[Dict[str, float]]) -> Dict[str, float]:
@@ -124,7 +99,7 @@ def evaluate_encoders(encode_text: Callable, encode_visual: Callable, eval_sets:
             ``w·minmax(S_mt) + (1−w)·minmax(S_target)`` (``w`` = weight of the English-MT query), streamed in row
             blocks; results under ``"fused"``.
         batch_size: encoder batch size.
-        backend: op backend for :func:`ccr_fast.retrieval.target_ranks` / :func:`ccr_fast.metrics.evaluate_embeddings`.
+        backend: op backend of the fused rank counter (:func:`ccr_fast.eval.ranking.embedding_ranks`).
         return_ranks: add ``"ranks"``: per language ``{"t2v": [Q], "v2t": [G] (−1 = no caption)}`` int64 arrays
             (and ``"fused"`` ranks when fusing).
         folds: > 1 evaluates COCO-style: the gallery is cut into ``folds`` contiguous parts, each scored against its
@@ -179,18 +154,14 @@ def evaluate_encoders(encode_text: Callable, encode_visual: Callable, eval_sets:
                 continue
             sel_t = torch.from_numpy(sel).to(t.device)
             vp, tp, qp = v[part[0]: part[-1] + 1], t[sel_t], qi[sel] - part[0]
+            r = embedding_ranks(tp, vp, qp, backend=backend)
+            fold_metrics.append(r.metrics())
             if need_ranks:
-                a, b = ranks_from_embeddings(tp, vp, qp, backend=backend)
-                t2v_all[sel], v2t_best[part] = a, b
-            if need_ranks and one_caption_each:
-                # one caption per item: the best v2t rank is the only one, so these ranks give every metric
-                fold_metrics.append(M.retrieval_metrics(a, b, v2t_all_ranks=b[:, None]))
-            else:
-                fold_metrics.append(M.evaluate_embeddings(tp, vp, torch.from_numpy(qp).to(t.device), backend=backend))
+                t2v_all[sel], v2t_best[part] = r.t2v, r.v2t_per_item()
             if tm is not None:
-                m, a, b = _fused_metrics(tp, tm[sel_t], vp, qp, float(fusion_weight))
-                fold_fused.append(m)
-                f_t2v[sel], f_v2t[part] = a, b
+                r = _fused_ranks(tp, tm[sel_t], vp, qp, float(fusion_weight))
+                fold_fused.append(r.metrics())
+                f_t2v[sel], f_v2t[part] = r.t2v, r.v2t_per_item()
         results["per_language"][es.lang] = _mean(fold_metrics)
         if tm is not None:
             fused[es.lang] = _mean(fold_fused)

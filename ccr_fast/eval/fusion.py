@@ -12,6 +12,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .ranking import stable_ranks
+
 __all__ = ["fused_ranks", "select_fusion_weight"]
 
 _BLOCK_ELEMS = 1 << 22  # ~16 MB of fp32 scores per block
@@ -76,7 +78,6 @@ def fused_ranks(text: Tensor, text_mt: Tensor, visual: Tensor, query_item: Tenso
         n2 = (s2 - lo2) / span2 if span2 > 0 else torch.zeros_like(s2)
         return w * n2 + (1.0 - w) * n1
 
-    cols = torch.arange(g, device=t.device)
     t2v = torch.empty(q, dtype=torch.int64, device=t.device)
     target = torch.empty(q, dtype=dt, device=t.device)
     for s in range(0, q, rows):
@@ -84,15 +85,14 @@ def fused_ranks(text: Tensor, text_mt: Tensor, visual: Tensor, query_item: Tenso
         it = item[s: s + rows]
         ft = f.gather(1, it[:, None])
         target[s: s + f.shape[0]] = ft[:, 0]
-        t2v[s: s + f.shape[0]] = (f > ft).sum(1) + ((f == ft) & (cols[None, :] < it[:, None])).sum(1)
+        t2v[s: s + f.shape[0]] = stable_ranks(f, it, target_scores=ft[:, 0])
 
     # v2t: caption p competes in column item[p] against every caption q' (rows), ties to the lower row index.
     v2t = torch.zeros(q, dtype=torch.int64, device=t.device)
     pidx = torch.arange(q, device=t.device)
     for s in range(0, q, rows):
         fcol = block(s)[:, item]  # [rows, Q]: score of row q' in the column of caption p
-        r = torch.arange(s, s + fcol.shape[0], device=t.device)[:, None]
-        v2t += (fcol > target[None, :]).sum(0) + ((fcol == target[None, :]) & (r < pidx[None, :])).sum(0)
+        v2t += stable_ranks(fcol.t(), pidx, target_scores=target, start=s)  # rows s.. of every caption's column
     return t2v, v2t
 
 

@@ -4,9 +4,8 @@ One path for every method: :func:`evaluate_method` asks the method for its score
 batch_size)``, default :func:`ccr_fast.eval.evaluate_encoders` on the method's encoders, with NRCCR's
 translate-test fusion weight where the method has one). CCR^k with ``ccrk.k_test > 0`` scores in two stages
 (:func:`rerank_results`): the top ``k_test`` ITC candidates of each query (``retrieval.topk``) are re-scored by
-the ITM head and placed above every non-candidate (:func:`rerank_scores`); ranks of the re-scored matrix use the
-same stable rule (:func:`ranks_from_scores`: ties to the lower index) and the same v2t target table as
-:mod:`ccr_fast.eval.evaluator`.
+the ITM head and placed above every non-candidate (:func:`rerank_scores`); the re-scored matrix is ranked by
+:func:`ccr_fast.eval.ranking.score_ranks` (the same stable rule and v2t target table as every other evaluation).
 
 The returned (flat) metrics dict: ``{lang: {metric: float}}`` per language, the mean over languages of every
 metric at the top level, ``"languages"``, and ``"mrv"``, ``"mrv_t2v"``, ``"mrv_v2t"`` when defined; for NRCCR the
@@ -19,20 +18,18 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .. import metrics as M
 from .. import retrieval as R
 from ..data import EvalSet
-from .evaluator import _mrv, _v2t_targets, encode_in_batches
+from .evaluator import _mrv, encode_in_batches
+from .ranking import score_ranks, stable_ranks
 
 __all__ = ["EvalSet", "evaluate_method", "format_metrics", "ranks_from_scores", "rerank_scores",
            "metrics_from_scores", "rerank_results", "flat_metrics"]
 
 
 def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """0-based stable rank of ``targets[q]`` in row q of ``scores [Q, G]``: #{s > s_t} + #{s == s_t, j < t}."""
-    st = scores.gather(1, targets.view(-1, 1))
-    idx = torch.arange(scores.shape[1], device=scores.device).view(1, -1)
-    return ((scores > st) | ((scores == st) & (idx < targets.view(-1, 1)))).sum(1)
+    """0-based stable rank of ``targets[q]`` in row q of ``scores [Q, G]`` (:func:`ccr_fast.eval.ranking.stable_ranks`)."""
+    return stable_ranks(scores, targets)
 
 
 def rerank_scores(scores: torch.Tensor, cand: torch.Tensor, pair_scores_fn, transpose: bool = False) -> torch.Tensor:
@@ -61,17 +58,9 @@ def metrics_from_scores(scores: torch.Tensor, text_to_visual: torch.Tensor, v2t_
     Returns:
         ``(metrics, t2v_ranks [Q], v2t_best_ranks [G'])`` over the G' items that have captions.
     """
-    t2v = ranks_from_scores(scores, text_to_visual)
-    vs = scores.t() if v2t_scores is None else v2t_scores
-    items, targets = _v2t_targets(text_to_visual.cpu().numpy(), vs.shape[0])
-    all_ranks = []
-    for row, item in enumerate(items.tolist()):
-        caps = torch.from_numpy(targets[row][targets[row] >= 0])
-        all_ranks.append(ranks_from_scores(vs[item:item + 1].expand(len(caps), -1), caps))
-    best = torch.stack([r.min() for r in all_ranks])
-    met = {k: float(v) for k, v in M.retrieval_metrics(t2v, best, v2t_all_ranks=all_ranks).items()}
-    met["t2v_sumr"] = met["t2v_r1"] + met["t2v_r5"] + met["t2v_r10"]  # NRCCR's validation score
-    return met, t2v, best
+    r = score_ranks(scores, text_to_visual, v2t_scores)
+    met = _add_t2v_sumr(r.metrics())
+    return met, torch.from_numpy(r.t2v), torch.from_numpy(r.v2t_best)
 
 
 def rerank_results(method, sets: Sequence[EvalSet], batch_size: int, k_test: int) -> dict:
@@ -97,13 +86,10 @@ def rerank_results(method, sets: Sequence[EvalSet], batch_size: int, k_test: int
         scores = R.similarity(txt, vis)
         v2t = rerank_scores(scores.t().contiguous(), cand_v2t, pair_fn, transpose=True)
         scores = rerank_scores(scores, cand_t2v, pair_fn)
-        qi = torch.as_tensor(es.query_item, dtype=torch.long)
-        met, r_t2v, r_v2t = metrics_from_scores(scores, qi, v2t)
-        res["per_language"][es.lang] = met
+        r = score_ranks(scores, es.query_item, v2t)
+        res["per_language"][es.lang] = _add_t2v_sumr(r.metrics())
         if np.array_equal(np.sort(es.query_item), np.arange(len(vis))):
-            best = np.full(len(vis), -1, dtype=np.int64)
-            best[torch.unique(qi).numpy()] = r_v2t.numpy()
-            one_per_item[es.lang] = (key, np.asarray(es.query_item), r_t2v.numpy(), best)
+            one_per_item[es.lang] = (key, np.asarray(es.query_item), r.t2v, r.v2t_per_item())
     res["mean"] = {k: float(np.mean([m[k] for m in res["per_language"].values()]))
                    for k in next(iter(res["per_language"].values()))}
     mrv = _mrv(one_per_item, None)
