@@ -175,7 +175,8 @@ def write_results_md(results_dir: str, md_path: str) -> str:
     for path in paths:
         payload = load(path)
         if payload.get("suite") == "data_scale":
-            lines += ["## Data-layer scale (NRCCR-layout collection, 1M captions)", "",
+            label = f" — {payload['label']}" if payload.get("label") else ""
+            lines += [f"## Data-layer scale (NRCCR-layout collection, 1M captions){label}", "",
                       f"- file: `{os.path.relpath(path, md_dir)}`, command: `{payload.get('command', '')}`", ""]
             lines += data_scale_section(payload) + [""]
             continue
@@ -289,7 +290,12 @@ def data_scale_section(r: dict) -> List[str]:
         "",
         "Feature rows are read with `os.pread` from the memory-mapped file's page cache, so the feature file is never",
         "resident in the processes: the resident set is the Python/torch runtime, the tokenizer, the compact caption",
-        "tables, the model with its optimiser state, and the batches in flight. The frozen encoder's token-state cache",
-        "is bounded (`CCR_FAST_TEXT_CACHE_MB`) and off for a run whose training texts cannot fit in it (here ~3M",
-        "texts); unbounded, it grew RSS by ~1.6 MiB per step.",
+        "tables, the model with its optimiser state, and the batches in flight"
+        + (", and here the frozen encoder's unbounded token-state cache (one entry per new caption)."
+           if str(r.get("text_state_cache", "")).startswith("unbounded") else
+           ". The frozen encoder's token-state cache is bounded (`CCR_FAST_TEXT_CACHE_MB`) and off for a run whose "
+           "training texts cannot fit in it."),
+        "Summed PSS can rise while every process's RSS stays flat: pages the forked workers share with the main",
+        "process become private copies when either side writes them (copy-on-write); that growth is bounded by the",
+        "summed RSS.",
     ]
