@@ -77,12 +77,13 @@ def _footer(saved: dict) -> str:
     return (f"Written by `{saved.get('command', '?')}` (started {saved.get('date', '?')}, finished "
             f"{saved.get('finished', 'not yet: partial')}; load average at the start {load}; "
             f"{saved.get('threads', 1)} thread per process); {len(recs)} runs, "
-            f"{sum(r['wall_seconds'] for r in recs) / 60:.1f} min wall in all.")
+            f"{sum(r['wall_seconds'] for r in recs) / 60:.1f} min wall in all."
+            + (f" {saved['note']}." if saved.get("note") else ""))
 
 
 # ----------------------------------------------------------------------------------------------- claim (a)
-def render_noise(saved: dict, docs: Path, labels: dict, png: str = "claims_noise.png",
-                 claim: str = "**Claim test**") -> str:
+def render_noise(saved: dict, docs: Path, labels: dict, png: Optional[str] = "claims_noise.png",
+                 claim: str = "**Claim test**", extra: Optional[list] = None) -> str:
     recs = saved["records"]
     by = _by(recs, "noise", "arm")
     noises = sorted({r["noise"] for r in recs})
@@ -128,17 +129,18 @@ def render_noise(saved: dict, docs: Path, labels: dict, png: str = "claims_noise
                    f"translate-train, in percentage points ({levels}); averaged per seed over p ≥ 0.4: "
                    f"{p['mean']:+.1f} ± {p['sd']:.1f} (paired over {p['n']} seeds; t = {t}): **{p['verdict']}**. "
                    f"In absolute SumR, NRCCR's loss from p=0 to p={max(drops):g} minus translate-train's is "
-                   f"{fmt(drops[max(drops)])} (negative: NRCCR loses fewer points, which mostly reflects its "
-                   "lower start).")
+                   f"{fmt(drops[max(drops)])} (negative: NRCCR loses fewer points; read it with the p=0 row, a "
+                   "method that starts lower has less to lose).")
         out.append("")
-    if plot_noise(saved, docs / png, labels):
+    if png and plot_noise(saved, docs / png, labels, extra):
         out.append(f"![test de SumR vs MT noise]({png})")
         out.append("")
     out.append(_footer(saved))
     return "\n".join(out)
 
 
-def plot_noise(saved: dict, path: Path, labels: dict) -> bool:
+def plot_noise(saved: dict, path: Path, labels: dict, extra: Optional[list] = None) -> bool:
+    """SumR vs noise per arm (mean ± std over seeds); ``extra``: more ``(label, records)`` series."""
     try:
         import matplotlib
 
@@ -148,17 +150,20 @@ def plot_noise(saved: dict, path: Path, labels: dict) -> bool:
         return False
     recs = saved["records"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for arm, style in (("translate_train", "o-"), ("nrccr", "s-")):
-        ns = sorted({r["noise"] for r in recs if r["arm"] == arm})
+    series = [(labels.get(arm, arm), [r for r in recs if r["arm"] == arm], style)
+              for arm, style in (("translate_train", "o-"), ("nrccr", "s-"))]
+    series += [(label, rs, "^--") for label, rs in (extra or [])]
+    for label, rs, style in series:
+        ns = sorted({r["noise"] for r in rs})
         if not ns:
             continue
-        ms = [mean_sd([r["test"]["sumr"] for r in recs if r["arm"] == arm and r["noise"] == n]) for n in ns]
+        ms = [mean_sd([r["test"]["sumr"] for r in rs if r["noise"] == n]) for n in ns]
         ax.errorbar(ns, [m for m, _ in ms], yerr=[0 if math.isnan(s) else s for _, s in ms], fmt=style, capsize=3,
-                    label=labels.get(arm, arm))
+                    label=label)
     ax.set_xlabel("MT noise p (per concept word: p/2 dropped, p/2 substituted)")
     ax.set_ylabel("test SumR, human German queries (max 600)")
     seeds = sorted({r["seed"] for r in recs})
-    lrs = sorted({f"{r['arm']} {r['overrides']['lr']:g}" for r in recs})
+    lrs = sorted({f"{lab} {r['overrides']['lr']:g}" for lab, rs, _ in series[:2] for r in rs})
     ax.set_title(f"Synthetic en→de, mean ± std over seeds {seeds}\nlr: {', '.join(lrs)}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -298,9 +303,16 @@ def write_all(docs: Path, arms: dict) -> None:
     doc = docs / "results.md"
     text = doc.read_text() if doc.exists() else "# Results\n"
     s = _load(docs, "noise")
+    alt = _load(docs, "noise_alt")
+    nl = {"translate_train": "translate-train", "nrccr": "NRCCR"}
     if s:
-        text = _replace(text, "claims-noise", render_noise(s, docs, {"translate_train": labels["translate_train"],
-                                                                     "nrccr": "NRCCR"}))
+        extra = [("NRCCR, lr 8e-3 (runner-up)", alt["records"])] if alt else None
+        text = _replace(text, "claims-noise", render_noise(s, docs, nl, extra=extra))
+        if alt:
+            merged = dict(alt, records=[r for r in s["records"] if r["arm"] == "translate_train"]
+                          + [dict(r, arm="nrccr") for r in alt["records"]])
+            text = _replace(text, "claims-noise-alt", render_noise(
+                merged, docs, nl, png=None, claim="Same test with NRCCR at lr 8e-3 (translate-train as above)"))
     s2 = _load(docs, "noise_lr")
     if s2:
         text = _replace(text, "claims-noise-lr", render_noise_lr(s2, _load(docs, "noise_lr0.002"),
