@@ -118,10 +118,6 @@ def _from_folder(cfg, root: Path, split: str, langs) -> CCRData:
             for p in (features, ids):
                 if not p.is_file():
                     raise DataFormatError(f"{p}: not found (set files.feature_files / files.id_files)")
-            if split == "train":  # compact captions, memory-mapped features: scales to millions of captions
-                from .compact import load_nrccr_compact
-
-                return load_nrccr_compact(root, caps, features, ids, name=f"{root.name}/{split}")
         return _nrccr(root, caps, features, ids, cfg, split, optional_mt=split != "train")
     use = list(cfg.languages) if split == "train" or not langs else list(langs)
     src = list(cfg.languages)[0]
@@ -130,7 +126,7 @@ def _from_folder(cfg, root: Path, split: str, langs) -> CCRData:
     if split in f.jsonl_mt:  # MT of each language into the source (translate-test); optional per language
         mt = {lang: root / _fmt(f.jsonl_mt[split], **kw, lang=lang) for lang in use if lang != src}
         mt = {lang: p for lang, p in mt.items() if p.is_file()}
-    return _jsonl(files, _feature_path(root, _fmt(f.features, **kw)), None, mt, f"{root.name}/{split}", cfg)
+    return _jsonl(files, _feature_path(root, _fmt(f.features, **kw)), None, mt, f"{root.name}/{split}", cfg, split)
 
 
 def _feature_path(root: Path, name: str) -> Path:
@@ -139,9 +135,18 @@ def _feature_path(root: Path, name: str) -> Path:
 
 
 def _nrccr(root: Path, caption_files: Sequence, features, ids, cfg, split: str, optional_mt: bool) -> CCRData:
-    from .readers import load_nrccr_collection
+    """NRCCR caption files + features. The training split of pooled features (``.npy`` or BigFile) is read into
+    compact caption tables over the memory-mapped rows (:mod:`.compact`: scales to millions of captions); evaluation
+    splits and frame features (``video2frames.txt``) go through :func:`load_nrccr_collection`."""
+    from .compact import is_pooled_bigfile_or_npy, load_nrccr_compact
+    from .readers import _resolve, load_nrccr_collection
 
     paths = _caption_paths(root, caption_files, optional_mt, split)
+    if split == "train":
+        feat = _resolve(root, "FeatureData", features)
+        if is_pooled_bigfile_or_npy(feat):
+            id_file = _resolve(root, "FeatureData", ids, ("", ".txt")) if ids is not None else None
+            return load_nrccr_compact(root, paths, feat, id_file, name=f"{root.name}/{split}")
     return load_nrccr_collection(root, paths, features, id_file=ids, name=f"{root.name}/{split}",
                                  max_frames=cfg.files.max_frames)
 
@@ -176,13 +181,17 @@ def _caption_path(root: Path, name) -> Path:
     return None
 
 
-def _jsonl(files: dict, features, ids, mt: dict, name: str, cfg) -> CCRData:
+def _jsonl(files: dict, features, ids, mt: dict, name: str, cfg, split: str) -> CCRData:
+    """IGLUE / CCLM caption files + features; the training split of pooled features is compact (:mod:`.compact`)."""
+    from .compact import is_pooled_bigfile_or_npy, load_jsonl_compact
     from .readers import BigFile, load_jsonl_collection
 
     for lang, p in list(files.items()) + list(mt.items()):
         if not Path(p).is_file():
             raise DataFormatError(f"{p}: caption file for {lang!r} not found (set files.jsonl_captions)")
     src = list(cfg.languages)[0]
+    if split == "train" and is_pooled_bigfile_or_npy(features):
+        return load_jsonl_compact(files, features, ids, mt_files=mt or None, mt_target=src, name=name)
     if Path(features).is_dir():
         bf = BigFile(features)
         arr, fids = bf.features, bf.names
@@ -205,7 +214,7 @@ def _from_mapping(cfg, m: dict, split: str) -> CCRData:
     if "jsonl" in spec:
         files = {lang: _feature_path(root, str(p)) for lang, p in spec["jsonl"].items()}
         mt = {lang: _feature_path(root, str(p)) for lang, p in (spec.get("mt") or {}).items()}
-        return _jsonl(files, feats, ids, mt, f"{root.name}/{split}", cfg)
+        return _jsonl(files, feats, ids, mt, f"{root.name}/{split}", cfg, split)
     caps = spec.get("captions")
     if not caps:
         raise DataFormatError(f"data[{split!r}]: expected 'captions' (NRCCR caption files) or 'jsonl'")

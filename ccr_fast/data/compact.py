@@ -19,9 +19,9 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .core import CCRData, translation_source
-from .readers import DataFormatError, nrccr_tag_to_key, open_text, read_id_list, visual_key
+from .readers import DataFormatError, nrccr_tag_to_key, open_text, visual_key
 
-__all__ = ["CaptionTable", "load_nrccr_compact"]
+__all__ = ["CaptionTable", "load_nrccr_compact", "load_jsonl_compact", "mapped_features"]
 
 
 class CaptionTable:
@@ -146,6 +146,28 @@ def _table(rows, ks, buffer, offsets, n_items: int, path: Path):
     return CaptionTable(table_buf, new_off, item_start), (r, k)
 
 
+def mapped_features(features, id_file=None):
+    """``(ids, [N, D] memory map)`` of pooled features: a BigFile folder (``id.txt`` + ``feature.bin``) or an ``.npy``
+    file with its id file (default ``<name>.ids.txt`` / ``<name>_id.txt`` next to it). Nothing is copied."""
+    from .readers import BigFile, read_npy_features
+
+    if Path(features).is_dir():
+        bf = BigFile(features)
+        ids, feats = bf.names, bf.features
+    else:
+        ids, feats = read_npy_features(features, id_file, mmap=True)
+    if feats.ndim != 2:
+        raise DataFormatError(f"{features}: expected pooled features [N={len(ids)}, D], got shape {feats.shape}")
+    return ids, random_access(feats)
+
+
+def is_pooled_bigfile_or_npy(features) -> bool:
+    """True for an ``.npy`` file or a BigFile folder without ``video2frames.txt`` (pooled rows, mappable)."""
+    p = Path(features)
+    return (p.is_dir() and (p / "feature.bin").is_file() and not (p / "video2frames.txt").is_file()) or \
+        (p.is_file() and p.name.endswith(".npy"))
+
+
 def load_nrccr_compact(root, caption_files: Sequence, features, id_file, *, name: Optional[str] = None) -> CCRData:
     """An NRCCR collection with compact captions and memory-mapped ``.npy`` features.
 
@@ -154,17 +176,15 @@ def load_nrccr_compact(root, caption_files: Sequence, features, id_file, *, name
         caption_files: caption file paths; each holds one tag (human captions or an MT tag, as
             :func:`ccr_fast.data.readers.nrccr_tag_to_key`). Translations must pair 1:1 with their source captions
             by ``(visual id, k)``.
-        features: an ``[N, D]`` ``.npy`` file (memory-mapped, any float dtype; rows follow ``id_file``).
-        id_file: the N row ids.
+        features: an ``[N, D]`` ``.npy`` file (memory-mapped, any float dtype; rows follow ``id_file``) or a BigFile
+            folder (``feature.bin`` memory-mapped, rows follow its ``id.txt``).
+        id_file: the N row ids of an ``.npy`` (None: ``<name>.ids.txt`` / ``<name>_id.txt``; unused for a BigFile).
 
     Returns:
         :class:`CCRData` whose items are all N feature rows (items without captions have none) and whose
         ``captions``/``translations`` are :class:`CaptionTable` s.
     """
-    ids = read_id_list(id_file)
-    feats = random_access(np.load(features, mmap_mode="r"))
-    if feats.ndim != 2 or feats.shape[0] != len(ids):
-        raise DataFormatError(f"{features}: expected shape [N={len(ids)} (ids in {id_file}), D], got {feats.shape}")
+    ids, feats = mapped_features(features, id_file)
     row_of = {v: i for i, v in enumerate(ids)}
     captions, translations, keys, sources = {}, {}, {}, {}
     for path in caption_files:
@@ -183,3 +203,67 @@ def load_nrccr_compact(root, caption_files: Sequence, features, id_file, *, name
                                   f"{src!r} captions of {sources[src]}")
     return CCRData(name or Path(root).name, [visual_key(i) for i in ids], feats, captions, translations,
                    sources=sources)
+
+
+def _read_records(path: Path, row_of: dict, per_row: np.ndarray):
+    """(rows [M], k [M], buffer, offsets) of one IGLUE/CCLM caption file; ``k`` numbers each item's captions in file
+    order (``per_row`` counts them across the file's records)."""
+    from .readers import iter_caption_records
+
+    rows, ks, lens = array("q"), array("q"), array("q")
+    buf = bytearray()
+    for rec in iter_caption_records(path):
+        row = row_of.get(rec["key"])
+        if row is None:
+            raise DataFormatError(f"{path}: image {rec['key']!r} has no feature row (feature ids)")
+        for text in rec["captions"]:
+            b = text.encode("utf-8")
+            rows.append(row)
+            ks.append(int(per_row[row]))
+            per_row[row] += 1
+            lens.append(len(b))
+            buf += b
+    if not rows:
+        raise DataFormatError(f"{path}: no captions")
+    offsets = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(np.frombuffer(lens, dtype=np.int64), out=offsets[1:])
+    return (np.frombuffer(rows, dtype=np.int64).copy(), np.frombuffer(ks, dtype=np.int64).copy(),
+            np.frombuffer(buf, dtype=np.uint8), offsets)
+
+
+def load_jsonl_compact(files, features, feature_ids=None, *, mt_files=None, mt_target: str = "en",
+                       name: str = "jsonl") -> CCRData:
+    """An IGLUE / CCLM collection with compact captions and memory-mapped pooled features (training splits).
+
+    Args:
+        files: language -> caption file (``.jsonl`` records ``{"id"|"img_path", "sentences"}`` or a CCLM ``.json``
+            list); records of one image are merged in file order.
+        features: an ``.npy`` file or a BigFile folder (see :func:`mapped_features`); items are all its rows.
+        feature_ids: the ``.npy``'s id file (image names reduced with :func:`~ccr_fast.data.readers.visual_key`).
+        mt_files: language -> its machine translation into ``mt_target`` with the same records and sentence counts;
+            stored as ``translations["<lang>2<mt_target>"]``.
+
+    Returns:
+        :class:`CCRData` with :class:`CaptionTable` captions/translations; a captioned image without a feature row
+        is an error naming the file.
+    """
+    ids, feats = mapped_features(features, feature_ids)
+    keys = [visual_key(i) for i in ids]
+    row_of = {k: i for i, k in enumerate(keys)}
+    captions, translations, sources, kk = {}, {}, {}, {}
+    for lang, path in files.items():
+        rows, ks, buf, off = _read_records(Path(path), row_of, np.zeros(len(ids), dtype=np.int64))
+        captions[lang], kk[lang] = _table(rows, ks, buf, off, len(ids), Path(path))
+        sources[lang] = str(path)
+    for lang, path in (mt_files or {}).items():
+        if lang not in captions:
+            raise ValueError(f"mt_files[{lang!r}]: no caption file for {lang!r} in files")
+        rows, ks, buf, off = _read_records(Path(path), row_of, np.zeros(len(ids), dtype=np.int64))
+        table, k2 = _table(rows, ks, buf, off, len(ids), Path(path))
+        a = kk[lang]
+        if a[0].shape != k2[0].shape or not (np.array_equal(a[0], k2[0]) and np.array_equal(a[1], k2[1])):
+            raise DataFormatError(f"{path}: its sentences do not pair 1:1 per image with the {lang!r} captions of "
+                                  f"{files[lang]}")
+        tag = f"{lang}2{mt_target}"
+        translations[tag], sources[tag] = table, str(path)
+    return CCRData(name, keys, feats, captions, translations, sources=sources)

@@ -32,7 +32,8 @@ from .core import CCRData, translation_source
 __all__ = [
     "DataFormatError", "NRCCRCaption", "open_text", "read_lines", "read_id_list", "visual_key", "parse_cap_id",
     "nrccr_tag_to_key", "read_nrccr_captions", "read_npy_features", "BigFile", "read_video2frames",
-    "read_hdf5_features", "read_caption_records", "read_multi30k", "load_nrccr_collection", "load_jsonl_collection",
+    "read_hdf5_features", "read_caption_records", "iter_caption_records", "read_multi30k", "load_nrccr_collection",
+    "load_jsonl_collection",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -309,15 +310,10 @@ def _record(obj, path, line):
     return {"key": key, "image": image, "captions": list(caps)}
 
 
-def read_caption_records(path: PathLike) -> list:
-    """Read CCLM ``.json`` (one list) or IGLUE ``.jsonl`` (one object per line), optionally gzipped.
-
-    Returns:
-        list of ``{"key": visual id (image file stem, else id), "image": path or None, "captions": [str]}`` in
-        file order (a CCLM training file has one record per caption; records are not grouped here).
-    """
+def iter_caption_records(path: PathLike):
+    """Yield the records of a CCLM ``.json`` (one list) or IGLUE ``.jsonl`` (one object per line, read line by line),
+    optionally gzipped, as ``{"key", "image", "captions"}`` (see :func:`read_caption_records`)."""
     name = Path(path).name.removesuffix(".gz")
-    out = []
     with open_text(path) as f:
         if name.endswith(".jsonl"):
             for lineno, line in enumerate(f, 1):
@@ -327,7 +323,7 @@ def read_caption_records(path: PathLike) -> list:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise DataFormatError(f"{_where(path, lineno)}: invalid JSON: {e.msg}") from None
-                out.append(_record(obj, path, lineno))
+                yield _record(obj, path, lineno)
         else:
             try:
                 data = json.load(f)
@@ -335,8 +331,18 @@ def read_caption_records(path: PathLike) -> list:
                 raise DataFormatError(f"{_where(path, e.lineno)}: invalid JSON: {e.msg}") from None
             if not isinstance(data, list):
                 raise DataFormatError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-            out = [_record(obj, path, f"record {i}") for i, obj in enumerate(data)]
-    return out
+            for i, obj in enumerate(data):
+                yield _record(obj, path, f"record {i}")
+
+
+def read_caption_records(path: PathLike) -> list:
+    """Read CCLM ``.json`` (one list) or IGLUE ``.jsonl`` (one object per line), optionally gzipped.
+
+    Returns:
+        list of ``{"key": visual id (image file stem, else id), "image": path or None, "captions": [str]}`` in
+        file order (a CCLM training file has one record per caption; records are not grouped here).
+    """
+    return list(iter_caption_records(path))
 
 
 def read_multi30k(raw_dir: PathLike, split: str, lang: str, image_list: PathLike) -> list:

@@ -177,7 +177,8 @@ def load_weights(method, checkpoint) -> None:
     if bad:
         raise ValueError(f"checkpoint {path}: shape mismatch for {bad[:8]} (e.g. {bad[0]}: file "
                          f"{tuple(tensors[bad[0]].shape)}, model {tuple(own[bad[0]].shape)})")
-    method.load_state_dict(tensors, strict=False)  # completeness was checked above, the frozen encoder is skipped
+    # the frozen encoder (not in the file) keeps the weights it was just loaded with: a strict load of the full dict
+    method.load_state_dict({**{k: own[k] for k in own if k not in tensors}, **tensors})
 
 
 def load_checkpoint_model(checkpoint, **overrides):
