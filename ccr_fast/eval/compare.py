@@ -12,7 +12,8 @@ on one caption per language (``data="shipped"``); ``ccrk_previous`` = the defaul
 a linear text head, 1-to-K over the task 1 captions, MITM, 6 epochs).
 
 Usage: ``OMP_NUM_THREADS=2 python -m ccr_fast compare [--rows linear,default] [--seeds 0,1,2]
-[--out docs/results_default.json] [--doc docs/results.md] [--from-json]``
+[--out docs/results_default.json] [--doc docs/results.md] [--from-json]``; ``python -m ccr_fast compare --claims
+[args]`` runs ``tools/run_claims.py [args]`` (the claim tests of docs/results.md; source checkout only).
 """
 from __future__ import annotations
 
@@ -153,7 +154,29 @@ def write_doc(saved: dict, doc: Path) -> None:
     doc.write_text(text)
 
 
+def run_claims(argv) -> int:
+    """``--claims [args]``: the claim tests of ``tools/run_claims.py`` (source checkout only), same arguments."""
+    import runpy
+    import sys
+
+    tool = _repo_root() / "tools" / "run_claims.py"
+    if not tool.is_file():
+        raise FileNotFoundError(f"--claims: {tool} not found (the claim tests run from a source checkout)")
+    old = sys.argv
+    sys.argv = [str(tool)] + list(argv)
+    try:
+        runpy.run_path(str(tool), run_name="__main__")
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        sys.argv = old
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = list(argv) if argv is not None else None
+    if argv and argv[0] == "--claims":
+        return run_claims(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m ccr_fast compare", description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="linear,default", help=f"comma-separated rows of {sorted(ROWS)}")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")

@@ -81,3 +81,12 @@ def test_select_rejects_bad_input():
     en = EvalSet("en", s.queries, s.query_item, g, s.item_ids, s.queries_mt)
     with pytest.raises(ValueError, match="test_sets"):
         select_fusion_weight(et, ev, [s], [en])
+
+
+def test_compare_claims_needs_a_source_checkout(tmp_path, monkeypatch):
+    """``compare --claims`` runs tools/run_claims.py from the checkout, or says where it looked."""
+    from ccr_fast.eval import compare
+
+    monkeypatch.setattr(compare, "_repo_root", lambda: tmp_path)
+    with pytest.raises(FileNotFoundError, match="run_claims.py"):
+        compare.main(["--claims", "--from-json"])
