@@ -175,7 +175,8 @@ def run(args) -> dict:
     train_data = load_data(cfg, "train")
     load_s = time.time() - t0
     n_captions = int(train_data.captions["en"].counts().sum())
-    caption_table_bytes = sum(t.nbytes for t in list(train_data.captions.values()) + list(train_data.translations.values()))
+    tables = list(train_data.captions.values()) + list(train_data.translations.values())
+    caption_table_bytes = sum(t.nbytes for t in tables)
     del train_data
     recs = [json.loads(line) for line in open(Path(res.run_dir) / "metrics.jsonl") if '"total"' in line]
     t = {r["step"]: r["time"] for r in recs}
@@ -187,10 +188,11 @@ def run(args) -> dict:
         "load_avg_before": args.load_before, "load_avg_after": os.getloadavg(), "torch": torch.__version__,
         "ccr_fast": ccr_fast.__version__, "collection": manifest, "train_captions": n_captions,
         "train_split_load_seconds": load_s, "caption_table_bytes": caption_table_bytes,
-"steps": args.steps, "batch_size": 128, "workers": args.workers,
+        "steps": args.steps, "batch_size": 128, "workers": args.workers,
         "steady_samples_per_s": sps, "steady_from_step": lo, "train_call_seconds": wall,
         "peak_rss_main_bytes": mon.peak_main, "peak_rss_largest_worker_bytes": mon.peak_child,
-        "peak_pss_total_bytes": mon.peak_pss, "hwm_main_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_pss_total_bytes": mon.peak_pss,
+        "hwm_main_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "feature_file_bytes": manifest["feature_bytes"], "test_sumr": res.metrics.get("sumr"),
         "rss_slope_bytes_per_step": slopes, "command": args.command, "ccr_fast_path": ccr_fast.__file__,
         "git_commit": _git_commit(), "text_state_cache": "; ".join(notes.lines),

@@ -19,7 +19,7 @@ Missing files and malformed lines raise :class:`ccr_fast.data.DataFormatError` (
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 

@@ -15,7 +15,7 @@ turns it into :func:`ccr_fast.metrics.retrieval_metrics`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -164,8 +164,3 @@ def caption_ranks(t2v, v2t_caption, query_item, n_items: int) -> Ranks:
     all_ranks = np.where(targets >= 0, v2t[np.maximum(targets, 0)], -1)
     t2v = np.asarray(t2v.cpu() if isinstance(t2v, Tensor) else t2v, dtype=np.int64)
     return Ranks(t2v, items, all_ranks, int(n_items))
-
-
-def per_item_lists(ranks: Ranks) -> List[np.ndarray]:
-    """The valid v2t ranks of each item with captions, as a list of 1-D arrays."""
-    return [row[row >= 0] for row in ranks.v2t_all]

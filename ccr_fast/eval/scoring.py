@@ -13,7 +13,7 @@ fused metrics are the reported ones and the unfused ones stay under ``"direct"``
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,8 @@ __all__ = ["EvalSet", "evaluate_method", "format_metrics", "ranks_from_scores", 
 
 
 def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """0-based stable rank of ``targets[q]`` in row q of ``scores [Q, G]`` (:func:`ccr_fast.eval.ranking.stable_ranks`)."""
+    """0-based stable rank of ``targets[q]`` in row q of ``scores [Q, G]``
+    (:func:`ccr_fast.eval.ranking.stable_ranks`)."""
     return stable_ranks(scores, targets)
 
 

@@ -143,8 +143,8 @@ def install_state_cache(method, cfg, train_set=None, budget: Optional[int] = Non
             for m in mods:
                 m.use_cache = False
                 m._cache = StateCache(0)
-            return budget, (f"text-state cache off: the training texts need ~{need / 2**20:.0f} MiB of states, more than "
-                            f"the {budget / 2**20:.0f} MiB budget (CCR_FAST_TEXT_CACHE_MB)")
+            return budget, (f"text-state cache off: the training texts need ~{need / 2**20:.0f} MiB of states, "
+                            f"more than the {budget / 2**20:.0f} MiB budget (CCR_FAST_TEXT_CACHE_MB)")
     for m in mods:
         if not cfg.model.tiny_text_encoder and m.frozen():  # final states of a pretrained encoder
             key = (str(cfg.text_encoder), cfg.model.max_tokens)

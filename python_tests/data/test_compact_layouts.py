@@ -46,7 +46,8 @@ def test_nrccr_training_split_is_compact(tmp_path, features):
     root = fixture_collection(tmp_path / "multi30k", cfg, n_items=16)
     caps = [root / "TextData" / f"{n}.caption.txt" for n in
             ("multi30ktrain_enc", "multi30ktrain_google_enc2de", "multi30ktrain_google_enc2de2enc")]
-    feat, ids = root / "FeatureData" / "resnet_152" / "train-resnet_152-avgpool.npy", root / "FeatureData" / "train_id.txt"
+    feat = root / "FeatureData" / "resnet_152" / "train-resnet_152-avgpool.npy"
+    ids = root / "FeatureData" / "train_id.txt"
     if features == "bigfile":
         big, _, _ = _to_bigfile(root)
         cfg.files.feature = "bigfile_train"
