@@ -47,6 +47,12 @@ def qb_eval(enc_t, enc_v, emb, feats, idx, bank_t, bank_v, beta):
 
 
 def main():
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--log", default="", help="append one JSON record per (model, beta) to this file")
+    args = ap.parse_args()
     torch.set_num_threads(1)
     c, feats, emb, text = E.load(ROOT / "runs/exp/text_cache.pt")
     feats = feats.float()
@@ -71,7 +77,7 @@ def main():
     enc_v = lambda x: F.normalize((x.double() - mu) @ W + b, dim=-1)
     rows = {}
     bt, bv = enc_t(bank_raw).float(), enc_v(feats[tr]).float()
-    rows["ridge"] = [(beta, qb_eval(enc_t, enc_v, emb, feats, va, bt, bv, beta)["mean"],
+    rows["ridge: all captions, centred e5, λ=3"] = [(beta, qb_eval(enc_t, enc_v, emb, feats, va, bt, bv, beta)["mean"],
                       qb_eval(enc_t, enc_v, emb, feats, te, bt, bv, beta)) for beta in betas]
     # contrastive recipe
     fs = E.preprocess(feats, tr, "std")
@@ -81,11 +87,15 @@ def main():
     m.eval()
     with torch.no_grad():
         bt, bv = m.enc_t(bank_raw), m.enc_v(fs[tr])
-        rows["contrastive(last epoch)"] = [(beta, qb_eval(m.enc_t, m.enc_v, emb, fs, va, bt, bv, beta)["mean"],
+        rows["contrastive: centred e5, standardised features, dropout 0.3, 20 epochs (last)"] = [(beta, qb_eval(m.enc_t, m.enc_v, emb, fs, va, bt, bv, beta)["mean"],
                                             qb_eval(m.enc_t, m.enc_v, emb, fs, te, bt, bv, beta)) for beta in betas]
     for k, rs in rows.items():
         for beta, v, t in rs:
-            print(f"{k:24s} beta={beta:3d} val {v:.1f} test {t['mean']:.1f} " + " ".join(f"{l}={t[l]:.1f}" for l in E.LANGS))
+            if args.log:
+                with open(args.log, "a") as f:
+                    f.write(json.dumps({"what": "querybank", "model": k, "beta": beta, "val_mean_sumr": v,
+                                        "test": t}) + "\n")
+            print(f"{k[:24]:24s} beta={beta:3d} val {v:.1f} test {t['mean']:.1f} " + " ".join(f"{l}={t[l]:.1f}" for l in E.LANGS))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Dict, List
 
 LANGS = ["en", "de", "fr", "cs"]
 ROWS: Dict[str, tuple] = {
-    "linear": ("linear: ridge map into the frozen e5 space (λ on val)", {"method": "linear"}),
+    "linear": ("linear: ridge map into the frozen e5 space (λ on val; closed form, one run)", {"method": "linear"}),
     "default": ("built-in default (`python -m ccr_fast train`)", {}),
     "default_task1": ("built-in default, task 1 captions only", {"data": "shipped"}),
     "ccrk_previous": ("previous default (CCR^k linear text head + MITM, task 1 captions, 6 epochs)",
@@ -37,6 +37,7 @@ ROWS: Dict[str, tuple] = {
                        "ccrk.vision_proj": "linear", "ccrk.caption_groups": "min", "ccrk.id_aware": False,
                        "ccrk.w_itm": 1.0, "ccrk.temp_init": 0.07, "eval.metric": "mr"}),
 }
+CLOSED_FORM = {"linear"}  # no randomness: trained for the first seed only
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 
 
@@ -95,8 +96,10 @@ def render(saved: dict) -> str:
         d = [r["test_mean"]["sumr"] for r in by["default"]]
         li = [r["test_mean"]["sumr"] for r in by["linear"]]
         ratio = (sum(d) / len(d)) / (sum(li) / len(li))
+        lo = min(d) / (sum(li) / len(li))
         out.append(f"Default / linear mean test SumR: **{ratio:.3f}** ({(ratio - 1) * 100:+.1f} %; the issue's bar "
-                   f"is +10 %: {'met' if ratio >= 1.1 else 'NOT met'}).")
+                   f"is +10 %: {'met' if ratio >= 1.1 else 'NOT met'}); the weakest default seed: {lo:.3f} "
+                   f"({(lo - 1) * 100:+.1f} %).")
         out.append("")
     for key, rs in by.items():
         hist = rs[0]["history"]
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
              "records": []}
     with tempfile.TemporaryDirectory() as tmp:
         for key in rows:
-            for seed in seeds:
+            for seed in (seeds[:1] if key in CLOSED_FORM else seeds):  # a closed form gives one answer
                 rec = run_row(key, seed, tmp)
                 saved["records"].append(rec)
                 print(f"{key} seed {seed}: mean test SumR {rec['test_mean']['sumr']:.2f} "
