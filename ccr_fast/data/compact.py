@@ -7,7 +7,8 @@ DataLoader workers (fork, no reference counts touched). It behaves like the per-
 ``table.get(i, j)``.
 
 :func:`load_nrccr_compact` reads NRCCR caption files line by line into tables and keeps the ``.npy`` features
-memory-mapped: items are the feature rows in id-file order, so no feature is copied.
+memory-mapped: items are the feature rows that have captions, in id-file order (a contiguous block of rows stays
+memory-mapped, so no feature is copied).
 """
 from __future__ import annotations
 
@@ -168,6 +169,43 @@ def is_pooled_bigfile_or_npy(features) -> bool:
         (p.is_file() and p.name.endswith(".npy"))
 
 
+
+def _row_view(feats: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Rows ``a:b`` of a memory-mapped feature array as a memory map of their own (file offset adjusted, so
+    :func:`ccr_fast.data.datasets.read_row` reads them with ``pread``); a plain slice otherwise."""
+    fn = getattr(feats, "filename", None)
+    if isinstance(feats, np.memmap) and fn and feats.flags.c_contiguous:
+        return random_access(np.memmap(fn, dtype=feats.dtype, mode="r", shape=(b - a,) + feats.shape[1:],
+                                       offset=int(feats.offset) + a * feats.strides[0]))
+    return feats[a:b]
+
+
+def _keep_captioned(ids: list, feats: np.ndarray, groups: Sequence[dict]):
+    """Only the rows with at least one caption (a feature file may hold other splits' items too: they must not be
+    training items). A contiguous block of rows stays memory-mapped; scattered rows are copied. Caption tables are
+    re-indexed without touching their text (rows without captions own no caption)."""
+    has = np.zeros(len(ids), dtype=bool)
+    for g in groups:
+        for t in g.values():
+            has |= t.counts() > 0
+    rows = np.flatnonzero(has)
+    if rows.size == len(ids):
+        return ids, feats, groups
+    if rows.size and int(rows[-1]) - int(rows[0]) + 1 == rows.size:
+        feats = _row_view(feats, int(rows[0]), int(rows[-1]) + 1)
+    else:
+        feats = np.ascontiguousarray(feats[rows])
+    out = []
+    for g in groups:
+        new = {}
+        for key, t in g.items():
+            starts = np.zeros(rows.size + 1, dtype=np.int64)
+            np.cumsum(t.counts()[rows], out=starts[1:])
+            new[key] = CaptionTable(t.buffer, t.offsets, starts)
+        out.append(new)
+    return [ids[i] for i in rows.tolist()], feats, out
+
+
 def load_nrccr_compact(root, caption_files: Sequence, features, id_file, *, name: Optional[str] = None) -> CCRData:
     """An NRCCR collection with compact captions and memory-mapped ``.npy`` features.
 
@@ -181,8 +219,8 @@ def load_nrccr_compact(root, caption_files: Sequence, features, id_file, *, name
         id_file: the N row ids of an ``.npy`` (None: ``<name>.ids.txt`` / ``<name>_id.txt``; unused for a BigFile).
 
     Returns:
-        :class:`CCRData` whose items are all N feature rows (items without captions have none) and whose
-        ``captions``/``translations`` are :class:`CaptionTable` s.
+        :class:`CCRData` whose items are the feature rows with captions (in row order; a contiguous block of rows
+        stays memory-mapped) and whose ``captions``/``translations`` are :class:`CaptionTable` s.
     """
     ids, feats = mapped_features(features, id_file)
     row_of = {v: i for i, v in enumerate(ids)}
@@ -201,6 +239,7 @@ def load_nrccr_compact(root, caption_files: Sequence, features, id_file, *, name
         if a[0].shape != b[0].shape or not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])):
             raise DataFormatError(f"{sources[tag]}: translations {tag!r} do not pair 1:1 by (visual id, k) with the "
                                   f"{src!r} captions of {sources[src]}")
+    ids, feats, (captions, translations) = _keep_captioned(ids, feats, (captions, translations))
     return CCRData(name or Path(root).name, [visual_key(i) for i in ids], feats, captions, translations,
                    sources=sources)
 
@@ -238,7 +277,8 @@ def load_jsonl_compact(files, features, feature_ids=None, *, mt_files=None, mt_t
     Args:
         files: language -> caption file (``.jsonl`` records ``{"id"|"img_path", "sentences"}`` or a CCLM ``.json``
             list); records of one image are merged in file order.
-        features: an ``.npy`` file or a BigFile folder (see :func:`mapped_features`); items are all its rows.
+        features: an ``.npy`` file or a BigFile folder (see :func:`mapped_features`); items are its rows with
+            captions (as :func:`load_nrccr_compact`).
         feature_ids: the ``.npy``'s id file (image names reduced with :func:`~ccr_fast.data.readers.visual_key`).
         mt_files: language -> its machine translation into ``mt_target`` with the same records and sentence counts;
             stored as ``translations["<lang>2<mt_target>"]``.
@@ -266,4 +306,5 @@ def load_jsonl_compact(files, features, feature_ids=None, *, mt_files=None, mt_t
                                   f"{files[lang]}")
         tag = f"{lang}2{mt_target}"
         translations[tag], sources[tag] = table, str(path)
+    keys, feats, (captions, translations) = _keep_captioned(keys, feats, (captions, translations))
     return CCRData(name, keys, feats, captions, translations, sources=sources)

@@ -92,3 +92,30 @@ def test_jsonl_training_split_is_compact(tmp_path):
     cfg.data = str(root)
     with pytest.raises(DataFormatError, match=r"train\.fr2en\.jsonl"):
         load_data(cfg, "train")
+
+
+@pytest.mark.parametrize("order", ["train_block_in_the_middle", "scattered"])
+def test_shared_bigfile_keeps_only_training_rows(tmp_path, order):
+    """A BigFile holding every split's items (the NRCCR releases' FeatureData/<feature>/): the training split's items
+    are the captioned rows only (a block stays memory-mapped, scattered rows are copied), with the right features."""
+    cfg = load_config(None, method="nrccr", languages=["en", "de"])
+    root = fixture_collection(tmp_path / "multi30k", cfg, n_items=16)
+    big, arr, ids = _to_bigfile(root)
+    other = np.random.default_rng(0).standard_normal((5, arr.shape[1])).astype(np.float32)
+    rows = np.concatenate([other[:2], arr, other[2:]])
+    names = ["o0", "o1"] + ids + ["o2", "o3", "o4"]
+    if order == "scattered":
+        perm = np.random.default_rng(1).permutation(len(names))
+        rows, names = rows[perm], [names[i] for i in perm]
+    (big / "shape.txt").write_text(f"{rows.shape[0]} {rows.shape[1]}\n")
+    (big / "id.txt").write_text(" ".join(names) + "\n")
+    rows.tofile(big / "feature.bin")
+    cfg.files.feature = "bigfile_train"
+    cfg.data = str(root)
+    got = load_data(cfg, "train")
+    assert sorted(got.visual_ids) == sorted(ids) and isinstance(got.features, np.memmap) == (order != "scattered")
+    want = {v: arr[i] for i, v in enumerate(ids)}
+    ds = NRCCRDataset(got, "en", "de")
+    for n in range(len(ds)):
+        s = ds[n]
+        np.testing.assert_array_equal(s["visual"], want[got.visual_ids[s["index"]]])
