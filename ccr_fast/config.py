@@ -111,10 +111,14 @@ class BaselineConfig:
 class LinearConfig:
     """Closed-form ridge map into the frozen text space (``method="linear"``, :mod:`ccr_fast.methods.linear`).
     ``lambdas``: ridge strengths relative to the mean eigenvalue of XᵀX, the best on validation is kept;
-    ``center_text``: subtract the training captions' mean text embedding (both sides of the cosine)."""
+    ``center_text``: subtract the training captions' mean text embedding (both sides of the cosine).
+    ``querybank``: rank with query-bank normalisation over the training captions and images, with the
+    ``querybank_betas`` value that is best on validation (jointly with λ)."""
 
     lambdas: List[float] = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
     center_text: bool = True
+    querybank: bool = False  # rank with query-bank normalisation (ccr_fast.eval.querybank); β picked on validation
+    querybank_betas: List[float] = field(default_factory=lambda: [10.0, 20.0, 30.0])
 
 
 @dataclass

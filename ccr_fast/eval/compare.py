@@ -29,7 +29,9 @@ from typing import Dict, List
 LANGS = ["en", "de", "fr", "cs"]
 ROWS: Dict[str, tuple] = {
     "linear": ("linear: ridge map into the frozen e5 space (λ on val; closed form, one run)", {"method": "linear"}),
+    "linear_qb": ("linear + query-bank normalisation (λ, β on val)", {"method": "linear", "linear.querybank": True}),
     "default": ("built-in default (`python -m ccr_fast train`)", {}),
+    "default_plain": ("built-in default ranked by plain cosine (no query bank)", {"ccrk.querybank": False}),
     "default_task1": ("built-in default, task 1 captions only", {"data": "shipped"}),
     "ccrk_previous": ("previous default (CCR^k linear text head + MITM, task 1 captions, 6 epochs)",
                       {"data": "shipped", "epochs": 6, "batch_size": 64, "lr": 5e-4, "model.visual_encoder": "mlp",
@@ -37,7 +39,7 @@ ROWS: Dict[str, tuple] = {
                        "ccrk.vision_proj": "linear", "ccrk.caption_groups": "min", "ccrk.id_aware": False,
                        "ccrk.w_itm": 1.0, "ccrk.temp_init": 0.07, "eval.metric": "mr"}),
 }
-CLOSED_FORM = {"linear"}  # no randomness: trained for the first seed only
+CLOSED_FORM = {"linear", "linear_qb"}  # no randomness: trained for the first seed only
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 
 

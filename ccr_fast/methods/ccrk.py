@@ -237,28 +237,11 @@ class CCRk(Method):
         self.qb_visual = self.encode_visual(data.features, batch_size=batch_size)
 
     def _querybank_encoders(self):
-        """Encoders whose dot products give query-bank-normalised scores (inverted softmax over a bank of
-        training queries): ``s'(t, v) = t·v − c_v(v) − c_t(t)`` with ``c_v(v) = logsumexp_b(β t_b·v)/β`` over the
-        training captions and ``c_t(t) = logsumexp_b(β t·v_b)/β`` over the training images. ``c_t`` is constant
-        along a text-to-visual ranking and ``c_v`` along a visual-to-text one, so text→visual ranks are normalised
-        by ``c_v`` and visual→text ranks by ``c_t``. Embeddings ``[N, d+2]``: text ``[t, 1, −c_t]``, visual
-        ``[v, −c_v, 1]``."""
-        if self.qb_text.shape[0] == 0 or self.qb_visual.shape[0] == 0:
-            raise ValueError("ccrk.querybank: the query bank is empty (train this model, or load a checkpoint "
-                             "saved by a training run with ccrk.querybank on)")
-        beta = float(self.mcfg.querybank_beta)
+        """Encoders of query-bank-normalised embeddings (:mod:`ccr_fast.eval.querybank`)."""
+        from ..eval.querybank import querybank_encoders
 
-        def enc_text(texts):
-            t = self.encode_text(texts)
-            c = torch.logsumexp(beta * (t @ self.qb_visual.t()), 1, keepdim=True) / beta
-            return torch.cat([t, torch.ones_like(c), -c], 1)
-
-        def enc_visual(features):
-            v = self.encode_visual(features)
-            c = torch.logsumexp(beta * (v @ self.qb_text.t()), 1, keepdim=True) / beta
-            return torch.cat([v, -c, torch.ones_like(c)], 1)
-
-        return enc_text, enc_visual
+        return querybank_encoders(self.encode_text, self.encode_visual, self.qb_text, self.qb_visual,
+                                  float(self.mcfg.querybank_beta))
 
     def eval_languages(self):
         return list(self.cfg.languages)

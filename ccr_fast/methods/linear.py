@@ -66,6 +66,28 @@ class Linear(Method):
         self.register_buffer("bias", torch.zeros(dt))
         self.register_buffer("lam", torch.zeros(()))
         self.weight = torch.nn.Parameter(torch.zeros(dv, dt), requires_grad=False)
+        # query bank (linear.querybank): the training captions' targets and the training images' embeddings
+        self.register_buffer("qb_text", torch.zeros(0, dt))
+        self.register_buffer("qb_visual", torch.zeros(0, dt))
+        self.register_buffer("qb_beta", torch.zeros(()))
+        if self.mcfg.querybank and (not self.mcfg.querybank_betas or min(self.mcfg.querybank_betas) <= 0):
+            raise ValueError(f"linear.querybank_betas: expected positive values, got {self.mcfg.querybank_betas!r}")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kw):
+        for name in ("qb_text", "qb_visual"):  # the banks' sizes come from the checkpoint
+            if prefix + name in state_dict:
+                setattr(self, name, torch.zeros_like(state_dict[prefix + name], device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kw)
+
+    def score(self, eval_sets, batch_size: int = 128, **kw) -> dict:
+        if not self.mcfg.querybank:
+            return super().score(eval_sets, batch_size)
+        from ..eval import evaluate_encoders
+        from ..eval.querybank import querybank_encoders
+
+        enc_text, enc_visual = querybank_encoders(self.encode_text, self.encode_visual, self.qb_text,
+                                                  self.qb_visual, float(self.qb_beta))
+        return evaluate_encoders(enc_text, enc_visual, eval_sets, batch_size=batch_size)
 
     def train_dataset(self, data):
         """One (visual, caption) pair per caption of every configured language (all captions of each item)."""
@@ -126,21 +148,38 @@ class Linear(Method):
         scale = float(evals.clamp_min(0).mean())
         self.vis_mean.copy_(mu.float())
         self.bias.copy_(y.mean(0).float())
+        qb = bool(self.mcfg.querybank)
+        betas = [float(b) for b in self.mcfg.querybank_betas] if qb else [0.0]
+        if qb:
+            self.qb_text = y.float()
+            images = torch.from_numpy(np.unique(x.cpu().numpy(), axis=0)).to(self.device)
         scores, best = {}, None
         for lam in lambdas:
             w = evecs @ (proj / (evals.clamp_min(0) + lam * scale).unsqueeze(1))
             self.weight.copy_(w.float())
-            if not val_sets or len(lambdas) == 1:
-                scores[lam] = float("nan")
-                best = (lam, w) if best is None else best
-                continue
-            scores[lam] = float(evaluate_method(self, val_sets)[metric])
-            if best is None or scores[lam] > scores[best[0]]:
-                best = (lam, w)
-        self.weight.copy_(best[1].float())
-        self.lam.fill_(best[0])
-        return {"epoch": 1, "lambda": best[0], f"val_{metric}": scores[best[0]],
-                "val_by_lambda": {f"{k:g}": v for k, v in scores.items()}, "pairs": len(texts)}
+            if qb:
+                self.qb_visual = self.embed_visual(images.float())
+            for beta in betas:
+                key = (lam, beta)
+                self.qb_beta.fill_(beta)
+                if not val_sets or len(lambdas) * len(betas) == 1:
+                    scores[key] = float("nan")
+                    best = (key, w, self.qb_visual.clone()) if best is None else best
+                    continue
+                scores[key] = float(evaluate_method(self, val_sets)[metric])
+                if best is None or scores[key] > scores[best[0]]:
+                    best = (key, w, self.qb_visual.clone())
+        (lam, beta), w, bank_visual = best
+        self.weight.copy_(w.float())
+        self.lam.fill_(lam)
+        self.qb_beta.fill_(beta)
+        self.qb_visual = bank_visual
+        name = (lambda k: f"{k[0]:g}, beta {k[1]:g}") if qb else (lambda k: f"{k[0]:g}")
+        rec = {"epoch": 1, "lambda": lam, f"val_{metric}": scores[best[0]],
+               "val_by_lambda": {name(k): v for k, v in scores.items()}, "pairs": len(texts)}
+        if qb:
+            rec["querybank_beta"] = beta
+        return rec
 
     @torch.no_grad()
     def encode_pooled(self, texts: Sequence[str], batch_size: int = 128) -> torch.Tensor:
