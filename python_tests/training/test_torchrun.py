@@ -16,7 +16,7 @@ CFG = {**TINY, "method": "ccrk", "ccrk.w_itm": 0.0, "ccrk.w_mlm": 0.0, "epochs":
        "save_every_steps": 1, "progress": True}
 
 SCRIPT = textwrap.dedent('''
-    import json, sys
+    import json, os, sys
     import torch
     from ccr_fast.methods._tiny import tiny_items
     from ccr_fast.training import loop, train
@@ -33,13 +33,15 @@ SCRIPT = textwrap.dedent('''
 
         loop.Run.save = save
     res = train(cfg, datasets={"train": tiny_items(16)})
-    print("RESULT", json.dumps({"run_dir": res.run_dir, "best": res.best_checkpoint}), flush=True)
+    # one file per rank: the ranks' stdout lines share one pipe and can interleave
+    with open(os.path.join(sys.argv[3], "result%s.json" % os.environ["RANK"]), "w") as f:
+        json.dump({"run_dir": res.run_dir, "best": res.best_checkpoint}, f)
 ''')
 
 
 def _torchrun(script, cfg, kill_at):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-           json.dumps(cfg), str(kill_at)]
+           json.dumps(cfg), str(kill_at), str(Path(script).parent)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -57,7 +59,7 @@ def test_torchrun_kill_and_resume(tmp_path):
     assert len(list(out.iterdir())) == 1  # one run folder, named by rank 0 for both ranks
     resumed = _torchrun(script, dict(cfg, resume="auto"), kill_at=0)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    results = [json.loads(line.split("RESULT ", 1)[1]) for line in resumed.stdout.splitlines() if "RESULT" in line]
+    results = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1)]
     assert len(results) == 2 and results[0]["run_dir"] == results[1]["run_dir"]  # both ranks: the same folder
     assert Path(results[0]["run_dir"]).is_dir() and len(list(out.iterdir())) == 1
     assert resumed.stdout.count("resume=auto: resuming") == 1  # said once: only rank 0 prints
