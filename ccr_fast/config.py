@@ -118,7 +118,7 @@ class LinearConfig:
     lambdas: List[float] = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
     center_text: bool = True
     querybank: bool = False  # rank with query-bank normalisation (ccr_fast.eval.querybank); β picked on validation
-    querybank_betas: List[float] = field(default_factory=lambda: [10.0, 20.0, 30.0])
+    querybank_betas: List[float] = field(default_factory=lambda: [5.0, 10.0, 20.0, 30.0])
 
 
 @dataclass

@@ -73,7 +73,8 @@ def package_table() -> list:
     if not p.is_file():
         return []
     out = ["", "**Package runs** (`package_candidates_round2.json`; `ccr_fast.train` with these overrides on top of "
-           "the previous default, seed 0):", "",
+           "the previous default, seed 0; wall seconds include the one-off frozen-encoder pass over the captions and were "
+           "measured at load average 5–11 on the shared 2 cores):", "",
            "| candidate | overrides | steps | val mR by epoch | best val mR | test mean SumR | wall s |",
            "|" + " --- |" * 7]
     for r in json.loads(p.read_text()):
