@@ -138,7 +138,8 @@ class NRCCRConfig:
     disc_type: str = "not-so-weak"
     disc_lr: float = 1e-3
     masked_pool: bool = False  # False = official unmasked mean over the padded length
-    fusion_weight: float = 0.2  # weight of the MT-to-English query at inference (translate-test)
+    fusion_weight: float = 0.2  # weight of the MT-to-English query at inference (translate-test), test
+    fusion_weight_val: Optional[float] = None  # the same weight for validation (None = fusion_weight)
 
 
 @dataclass

@@ -71,7 +71,8 @@ class Method(nn.Module):
 
     name = "method"
     closed_form = False  # True: ``fit(train_set, val_sets, metric)`` is the whole training (no optimiser steps)
-    translate_test_weight: Optional[float] = None  # NRCCR: weight of the MT-to-source query at inference
+    translate_test_weight: Optional[float] = None  # NRCCR: weight of the MT-to-source query at inference (test)
+    val_translate_test_weight: Optional[float] = None  # the weight used while validating (None = the test one)
 
     def __init__(self, cfg: Config):
         super().__init__()

@@ -10,7 +10,8 @@ Per batch of N (visual, S, T*, B̃)::
         + 0.5 L_tri(c_S,c_B) + 0.001 BCE(D(tok_T), 1)
 
 Flags (``cfg.nrccr``): every weight (0 ablates a loss), ``masked_pool`` (False = official unmasked mean),
-``disc_type``, ``fusion_weight`` (translate-test weight of the MT-to-English query at inference).
+``disc_type``, ``fusion_weight`` (translate-test weight of the MT-to-English query at test) and
+``fusion_weight_val`` (the weight validation uses; default the same).
 
 Differences from the official code (documented choices): the discriminator's Adam step runs in
 :meth:`extra_step` after the main step, on the token states of that batch (the official code steps it just
@@ -25,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import losses as L
+from ..config import ConfigError
 from ..data import NRCCRDataset, concat_datasets
 from ..models.heads import LanguageDiscriminator
 from ..models.text import LatentMapping, NRCCRTextHead
@@ -72,6 +74,10 @@ class NRCCR(DualEncoderMethod):
         self.disc = LanguageDiscriminator(self.text.hidden_size, c.disc_type)
         self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=c.disc_lr, betas=(0.9, 0.999), eps=1e-8)
         self.translate_test_weight = c.fusion_weight
+        self.val_translate_test_weight = c.fusion_weight if c.fusion_weight_val is None else c.fusion_weight_val
+        for name, w in (("fusion_weight", c.fusion_weight), ("fusion_weight_val", self.val_translate_test_weight)):
+            if not 0.0 <= float(w) <= 1.0:
+                raise ConfigError(f"nrccr.{name}: expected a weight in [0, 1], got {w}")
         self._disc_inputs = None
         self.warn_inert()
 

@@ -361,7 +361,14 @@ def validate(run: Run) -> float:
     cfg = run.cfg
     score = None
     if run.main:
-        val = evaluate_method(run.method, run.val_sets, cfg.eval.batch_size)
+        m = run.method
+        test_weight = m.translate_test_weight
+        if m.val_translate_test_weight is not None:  # validation may use its own translate-test weight
+            m.translate_test_weight = m.val_translate_test_weight
+        try:
+            val = evaluate_method(m, run.val_sets, cfg.eval.batch_size)
+        finally:
+            m.translate_test_weight = test_weight
         if cfg.eval.metric not in val:
             raise ConfigError(f"eval.metric: {cfg.eval.metric!r} is not a metric (have "
                               f"{sorted(k for k, v in val.items() if isinstance(v, float))})")

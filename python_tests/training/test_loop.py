@@ -213,3 +213,24 @@ def test_train_on_synthetic_data(tmp_path):
     assert set(res.metrics["languages"]) == {"de"} and 0 <= res.metrics["de"]["sumr"] <= 600
     with pytest.raises(ValueError, match="data: expected 'shipped'"):
         load_data(load_config(None, data="nowhere"), "train")
+
+
+def test_validation_and_test_use_their_own_fusion_weights(tmp_path, monkeypatch):
+    """nrccr.fusion_weight_val is the translate-test weight while validating, nrccr.fusion_weight at test."""
+    from ccr_fast.training import loop
+
+    seen = []
+    real = loop.evaluate_method
+
+    def spy(method, sets, *a, **kw):
+        seen.append((sets[0].name if sets else "", method.translate_test_weight))
+        return real(method, sets, *a, **kw)
+
+    monkeypatch.setattr(loop, "evaluate_method", spy)
+    train(dict(TINY, method="nrccr", data={"name": "synthetic", "n_items": 60}, languages=["en", "de"],
+               **{"model.visual_dim": None, "nrccr.fusion_weight": 0.8, "nrccr.fusion_weight_val": 0.3},
+               batch_size=8, epochs=2, output_dir=str(tmp_path)))
+    weights = [w for _, w in seen]
+    assert weights[:-1] == [0.3, 0.3] and weights[-1] == 0.8  # two validations, then the test
+    with pytest.raises(ValueError, match="fusion_weight_val"):
+        train(dict(TINY, method="nrccr", **{"nrccr.fusion_weight_val": 1.5}), datasets={"train": tiny_items(8)})
