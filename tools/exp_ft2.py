@@ -18,19 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 import exp_recipes as E  # noqa: E402
+from exp_finetune import pad  # noqa: E402
 from ccr_fast.models.text import load_text_encoder  # noqa: E402
 
 SPLIT = 7
-
-
-def pad(states_list):
-    n = max(s.shape[0] for s in states_list)
-    h = torch.zeros(len(states_list), n, states_list[0].shape[1])
-    m = torch.zeros(len(states_list), n, dtype=torch.long)
-    for i, s in enumerate(states_list):
-        h[i, : s.shape[0]] = s.float()
-        m[i, : s.shape[0]] = 1
-    return h, m
 
 
 class Text(nn.Module):

@@ -73,6 +73,13 @@ class Method(nn.Module):
     closed_form = False  # True: ``fit(train_set, val_sets, metric)`` is the whole training (no optimiser steps)
     translate_test_weight: Optional[float] = None  # NRCCR: weight of the MT-to-source query at inference (test)
     val_translate_test_weight: Optional[float] = None  # the weight used while validating (None = the test one)
+    resizable_buffers: tuple = ()  # buffers whose size comes from the checkpoint (e.g. query banks)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kw):
+        for name in self.resizable_buffers:  # take the checkpoint's size before the strict copy
+            if prefix + name in state_dict:
+                setattr(self, name, torch.zeros_like(state_dict[prefix + name], device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kw)
 
     def __init__(self, cfg: Config):
         super().__init__()

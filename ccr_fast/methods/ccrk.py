@@ -161,6 +161,7 @@ class TextCenter(nn.Module):
 
 class CCRk(Method):
     name = "ccrk"
+    resizable_buffers = ("qb_text", "qb_visual")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -218,12 +219,6 @@ class CCRk(Method):
         """K-language groups: every item with a caption in each of ``languages`` (image-major texts)."""
         self._qb_data = data if self.mcfg.querybank else None
         return CCRkDataset(data, list(self.cfg.languages), groups=self.mcfg.caption_groups)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kw):
-        for name in ("qb_text", "qb_visual"):  # the banks' sizes come from the checkpoint
-            if prefix + name in state_dict:
-                setattr(self, name, torch.zeros_like(state_dict[prefix + name], device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kw)
 
     @torch.no_grad()
     def refresh_querybank(self, data=None, batch_size: int = 256) -> None:

@@ -53,6 +53,7 @@ class Linear(Method):
 
     name = "linear"
     closed_form = True
+    resizable_buffers = ("qb_text", "qb_visual")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -72,12 +73,6 @@ class Linear(Method):
         self.register_buffer("qb_beta", torch.zeros(()))
         if self.mcfg.querybank and (not self.mcfg.querybank_betas or min(self.mcfg.querybank_betas) <= 0):
             raise ValueError(f"linear.querybank_betas: expected positive values, got {self.mcfg.querybank_betas!r}")
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kw):
-        for name in ("qb_text", "qb_visual"):  # the banks' sizes come from the checkpoint
-            if prefix + name in state_dict:
-                setattr(self, name, torch.zeros_like(state_dict[prefix + name], device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kw)
 
     def score(self, eval_sets, batch_size: int = 128, **kw) -> dict:
         if not self.mcfg.querybank:

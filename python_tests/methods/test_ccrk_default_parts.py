@@ -31,19 +31,6 @@ def _method(**kw):
     return build_method(load_config(None, method="ccrk", **over))
 
 
-def _recall_reference(t, v, bank_t, bank_v, beta):
-    """Float64 query-bank-normalised ranks: text→visual scores minus logsumexp over training captions per image,
-    visual→text scores minus logsumexp over training images per caption; one caption per item."""
-    t, v, bank_t, bank_v = (x.double() for x in (t, v, bank_t, bank_v))
-    s = t @ v.t()
-    s_t2v = s - torch.logsumexp(beta * (bank_t @ v.t()), 0, keepdim=True) / beta
-    s_v2t = s - torch.logsumexp(beta * (t @ bank_v.t()), 1, keepdim=True) / beta
-    r_t2v = (s_t2v > s_t2v.diag().unsqueeze(1)).sum(1)
-    r_v2t = (s_v2t > s_v2t.diag().unsqueeze(0)).sum(0)
-    return {f"{d}_r{k}": 100.0 * (r < k).double().mean().item() for d, r in (("t2v", r_t2v), ("v2t", r_v2t))
-            for k in (1, 5, 10)}
-
-
 def test_text_center_running_mean():
     tc = TextCenter(3)
     x = torch.randn(5, 3)
@@ -58,7 +45,7 @@ def test_text_center_running_mean():
 
 
 @pytest.mark.parametrize("beta", [5.0, 20.0, 80.0])
-def test_querybank_ranking_matches_float64_reference(beta):
+def test_querybank_ranking_matches_float64_reference(beta, querybank_recalls):
     m = _method(**{"ccrk.querybank": True, "ccrk.querybank_beta": beta})
     train, test = _data(10, 0, "train"), _data(12, 1, "test", two_en=False)
     m.train()
@@ -68,7 +55,7 @@ def test_querybank_ranking_matches_float64_reference(beta):
     assert m.qb_visual.shape == (10, 16)
     for lang in ("en", "de"):
         queries = [c[0] for c in test.captions[lang]]
-        ref = _recall_reference(m.encode_text(queries), m.encode_visual(test.features), m.qb_text, m.qb_visual, beta)
+        ref = querybank_recalls(m.encode_text(queries), m.encode_visual(test.features), m.qb_text, m.qb_visual, beta)
         got = res["per_language"][lang]
         for k, v in ref.items():
             assert got[k] == pytest.approx(v), (lang, k)

@@ -62,18 +62,7 @@ def test_train_and_evaluate_round_trip(tmp_path):
         assert again[lang]["sumr"] == pytest.approx(res.metrics[lang]["sumr"])
 
 
-def _qb_reference(t, v, bank_t, bank_v, beta):
-    t, v, bank_t, bank_v = (x.double() for x in (t, v, bank_t, bank_v))
-    s = t @ v.t()
-    s_t2v = s - torch.logsumexp(beta * (bank_t @ v.t()), 0, keepdim=True) / beta
-    s_v2t = s - torch.logsumexp(beta * (t @ bank_v.t()), 1, keepdim=True) / beta
-    r_t2v = (s_t2v > s_t2v.diag().unsqueeze(1)).sum(1)
-    r_v2t = (s_v2t > s_v2t.diag().unsqueeze(0)).sum(0)
-    return {f"{d}_r{k}": 100.0 * (r < k).double().mean().item() for d, r in (("t2v", r_t2v), ("v2t", r_v2t))
-            for k in (1, 5, 10)}
-
-
-def test_querybank_selection_banks_and_ranks():
+def test_querybank_selection_banks_and_ranks(querybank_recalls):
     """linear.querybank: (λ, β) is the validation argmax; the banks are the training pairs' targets and the
     training images' embeddings; ranking matches a float64 reference; a checkpoint carries the banks."""
     m = _linear(**{"linear.lambdas": [1e-2, 1.0], "linear.querybank": True, "linear.querybank_betas": [5.0, 40.0]})
@@ -91,7 +80,7 @@ def test_querybank_selection_banks_and_ranks():
     res = m.score(test)
     for lang, field in (("en", "src"), ("de", "tgt")):
         q = [it[field] for it in items[12:16]]
-        ref = _qb_reference(m.encode_text(q), m.encode_visual(data.features[12:16]), m.qb_text, m.qb_visual,
+        ref = querybank_recalls(m.encode_text(q), m.encode_visual(data.features[12:16]), m.qb_text, m.qb_visual,
                             float(m.qb_beta))
         for k, v in ref.items():
             assert res["per_language"][lang][k] == pytest.approx(v), (lang, k)
