@@ -173,7 +173,8 @@ def load_weights(method, checkpoint) -> None:
         raise ValueError(f"checkpoint {path}: weights do not match the model: missing {missing[:8]}"
                          f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
                          f"{' ...' if len(unexpected) > 8 else ''}")
-    bad = [k for k in tensors if tuple(tensors[k].shape) != tuple(own[k].shape)]
+    resizable = set(getattr(method, "resizable_buffers", ()))  # sized by the file (Method._load_from_state_dict)
+    bad = [k for k in tensors if k not in resizable and tuple(tensors[k].shape) != tuple(own[k].shape)]
     if bad:
         raise ValueError(f"checkpoint {path}: shape mismatch for {bad[:8]} (e.g. {bad[0]}: file "
                          f"{tuple(tensors[bad[0]].shape)}, model {tuple(own[bad[0]].shape)})")

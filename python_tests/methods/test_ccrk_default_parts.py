@@ -79,3 +79,19 @@ def test_querybank_config_errors():
         _method(**{"ccrk.querybank": True, "ccrk.k_test": 4})
     with pytest.raises(ConfigError, match="querybank_beta"):
         _method(**{"ccrk.querybank": True, "ccrk.querybank_beta": 0.0})
+
+
+def test_querybank_checkpoint_evaluates_to_the_same_metrics(tmp_path):
+    """Through the public entry points: the banks saved with a checkpoint are loaded at their saved size."""
+    import ccr_fast
+
+    over = {**TINY, "method": "ccrk", "data": {"name": "synthetic", "n_items": 60}, "languages": ["en", "de"],
+            "model.visual_dim": None, "ccrk.k_test": 0, "ccrk.querybank": True, "ccrk.text_center": True,
+            "model.visual_encoder": "norm_linear", "ccrk.text_proj": "linear", "ccrk.vision_proj": "linear",
+            "batch_size": 8, "epochs": 1, "output_dir": str(tmp_path)}
+    res = ccr_fast.train(**over)
+    again = ccr_fast.evaluate(res.best_checkpoint)
+    for lang in ("en", "de"):
+        if lang in res.metrics:
+            assert again[lang]["sumr"] == pytest.approx(res.metrics[lang]["sumr"])
+    assert again["sumr"] == pytest.approx(res.metrics["sumr"])
