@@ -30,6 +30,11 @@ Split (``split=``): a fixed permutation ``numpy.random.default_rng(SPLIT_SEED).p
 ``SPLIT_SEED = 20221010``; its first 700 entries are ``train``, the next 100 ``val``, the last 200 ``test``; each
 split keeps the original file order (sorted indices). ``"all"`` is the 1000 images in file order.
 
+Folds (``fold=k``, k in 0..4, :func:`shipped_fold_indices`): test = entries ``200k .. 200k+199`` of the same
+permutation (five disjoint test folds covering the 1000 images); the other 800, in permutation order starting after
+the test fold and wrapping around, give ``train`` (the first 700) and ``val`` (the last 100). Fold 4 is the fixed
+split above.
+
 Location: ``$CCR_FAST_DATA`` if set, else ``data/`` of the source checkout (see :func:`shipped_data_dir`).
 See ``data/README.md`` for provenance, licences (non-commercial research use) and citations.
 """
@@ -46,8 +51,8 @@ from ..paths import find_folder
 from .core import CCRData
 from .readers import read_caption_records, read_id_list, read_multi30k, read_npy_features, visual_key
 
-__all__ = ["SHIPPED_LANGUAGES", "SPLIT_SEED", "SPLIT_SIZES", "shipped_data_dir", "shipped_split_indices",
-           "load_shipped"]
+__all__ = ["SHIPPED_LANGUAGES", "SPLIT_SEED", "SPLIT_SIZES", "N_FOLDS", "shipped_data_dir", "shipped_split_indices",
+           "shipped_fold_indices", "load_shipped"]
 
 SHIPPED_LANGUAGES = ("en", "de", "fr", "cs", "es", "id", "ja", "ru", "tr", "zh")
 TASK1_LANGUAGES = ("en", "de", "fr", "cs")
@@ -55,6 +60,7 @@ XFLICKRCO_LANGUAGES = ("es", "id", "ja", "ru", "tr", "zh")
 SPLIT_SEED = 20221010
 SPLIT_SIZES = {"train": 700, "val": 100, "test": 200}
 N_IMAGES = 1000
+N_FOLDS = 5
 FEATURE_DIM = 2048
 _FEATURES = "features/test_2016_flickr-resnet50-avgpool.npy"
 _FEATURE_IDS = "features/test_2016_flickr-resnet50-avgpool.ids.txt"
@@ -89,6 +95,22 @@ def shipped_split_indices(split: str) -> np.ndarray:
     perm = np.random.default_rng(SPLIT_SEED).permutation(N_IMAGES)
     start = {"train": 0, "val": SPLIT_SIZES["train"], "test": SPLIT_SIZES["train"] + SPLIT_SIZES["val"]}[split]
     return np.sort(perm[start: start + SPLIT_SIZES[split]]).astype(np.int64)
+
+
+def shipped_fold_indices(fold: int, split: str) -> np.ndarray:
+    """Sorted int64 row indices of ``split`` (``"train"``/``"val"``/``"test"``, 700/100/200) of fold ``fold`` in
+    ``0 .. N_FOLDS-1`` (the module docstring gives the rule)."""
+    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= int(fold) < N_FOLDS:
+        raise ValueError(f"fold: expected an int in 0..{N_FOLDS - 1}, got {fold!r}")
+    if split not in SPLIT_SIZES:
+        raise ValueError(f"split: expected one of 'train', 'val', 'test' with a fold, got {split!r}")
+    perm = np.random.default_rng(SPLIT_SEED).permutation(N_IMAGES)
+    size = N_IMAGES // N_FOLDS
+    k = int(fold)
+    test = perm[k * size: (k + 1) * size]
+    rest = np.concatenate([perm[(k + 1) * size:], perm[: k * size]])
+    part = {"test": test, "train": rest[: SPLIT_SIZES["train"]], "val": rest[SPLIT_SIZES["train"]:]}[split]
+    return np.sort(part).astype(np.int64)
 
 
 def _first_1000(path: Path, image_ids: list) -> list:
@@ -152,7 +174,8 @@ def _load_all(root: str, de_source: str, captions_mode: str = "task1") -> CCRDat
     return CCRData("shipped", image_ids, np.ascontiguousarray(feats, dtype=np.float32), captions, translations)
 
 
-def load_shipped(split: str = "train", *, de_source: str = "task1", data_dir=None, captions: str = "task1") -> CCRData:
+def load_shipped(split: str = "train", *, de_source: str = "task1", data_dir=None, captions: str = "task1",
+                 fold=None) -> CCRData:
     """Load the shipped real data (see the module docstring for what each language and MT tag holds).
 
     Args:
@@ -166,6 +189,8 @@ def load_shipped(split: str = "train", *, de_source: str = "task1", data_dir=Non
             unchanged. ``"all"`` has no ``en2xx``/``en2xx2en`` stand-ins (they align with one en caption) and needs
             ``de_source="task1"``. Training uses it (``data={"name": "shipped", "train_captions": "all"}``);
             evaluation keeps ``"task1"``.
+        fold: ``None`` (the fixed split) or ``0 .. 4``: the split of that cross-validation fold
+            (:func:`shipped_fold_indices`; ``data={"name": "shipped", "fold": k}``).
 
     Returns:
         :class:`CCRData` named ``"shipped/<split>"``: features ``[n, 2048]`` float32, one caption per image in each
@@ -178,10 +203,10 @@ def load_shipped(split: str = "train", *, de_source: str = "task1", data_dir=Non
         raise ValueError(f"captions: expected 'task1' or 'all', got {captions!r}")
     if captions == "all" and de_source != "task1":
         raise ValueError(f"captions='all' needs de_source='task1', got de_source={de_source!r}")
-    idx = shipped_split_indices(split)
+    idx = shipped_split_indices(split) if fold is None or split == "all" else shipped_fold_indices(fold, split)
     root = Path(data_dir).expanduser().resolve() if data_dir is not None else shipped_data_dir().resolve()
     data = _load_all(str(root), de_source, captions).subset(idx)
-    data.name = f"shipped/{split}"
+    data.name = f"shipped/{split}" if fold is None else f"shipped/fold{int(fold)}/{split}"
     return data
 
 
