@@ -1,10 +1,10 @@
 """Command line: ``python -m ccr_fast train|eval|bench|compare|gpu-check ...`` (also the ``ccr-fast`` console script).
 
-* ``train [--config FILE] [key=value ...]`` — dotted overrides (``optim.lr=1e-4 epochs=3 languages=[en,de]``);
+* ``train [--config NAME|FILE] [key=value ...]`` — dotted overrides (``optim.lr=1e-4 epochs=3 languages=[en,de]``);
   with neither a config nor overrides it trains the built-in default on the shipped data.
 * ``eval CHECKPOINT [key=value ...]`` — test metrics of a checkpoint (or run) folder, as JSON.
 * ``bench ...`` — forwards the rest of the arguments to ``ccr_fast.bench.main(argv)``.
-* ``compare ...`` — forwards to ``ccr_fast.eval.compare.main(argv)`` (the method comparison / claim tests).
+* ``compare ...`` — forwards to ``ccr_fast.experiments.compare.main(argv)`` (the method comparison / claim tests).
 * ``gpu-check ...`` — forwards to ``ccr_fast.gpu_check.main(argv)`` (``--compile-only`` needs no GPU).
 
 Configuration and data errors (``ValueError``, a missing file, a malformed YAML/JSON file) print one line
@@ -21,7 +21,7 @@ from typing import List, Optional
 # Subcommands whose arguments are handed, untouched, to ``module.main(argv)``.
 FORWARDED = {
     "bench": "ccr_fast.bench",
-    "compare": "ccr_fast.eval.compare",
+    "compare": "ccr_fast.experiments.compare",
     "gpu-check": "ccr_fast.gpu_check",
 }
 
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", parents=[common],
                        help="train a method (default: the built-in run on the shipped data)")
-    t.add_argument("--config", default=None, help="YAML/JSON config file")
+    t.add_argument("--config", default=None,
+                   help="a shipped config name (e.g. nrccr_multi30k_de; see ccr_fast/configs/) or a YAML/JSON file")
     t.add_argument("overrides", nargs="*", help="key=value config overrides (dotted keys for sections)")
     e = sub.add_parser("eval", parents=[common], help="evaluate a checkpoint folder")
     e.add_argument("checkpoint")

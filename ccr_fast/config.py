@@ -8,9 +8,12 @@ clipping, AMP, accumulation), ``eval`` (validation/selection) and one section pe
 :class:`FilesConfig`). Unknown keys anywhere, and values of the wrong type (``optim.lr="abc"``), raise
 :class:`ConfigError` (a ``ValueError``) naming the key.
 
+The paper configs ship inside the package (``ccr_fast/configs/*.yaml``) and load by name from anywhere;
+:func:`config_names` lists them, :func:`config_path` gives a name's file.
+
 Example::
 
-    cfg = load_config("configs/nrccr_multi30k_de.yaml", **{"optim.lr": 1e-4, "epochs": 3})
+    cfg = load_config("nrccr_multi30k_de", **{"optim.lr": 1e-4, "epochs": 3})  # or a path to a YAML/JSON file
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 METHODS = ("baseline", "linear", "nrccr", "cl2cm", "ccrk")
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # the shipped configs (package data)
 
 
 class ConfigError(ValueError):
@@ -41,6 +46,9 @@ class ModelConfig:
     trained top block when only top layers train (fast CPU training).
     ``tiny_text_encoder``: build a random-init BERT of this hidden size (tests; no weights read) instead of loading.
     ``visual_dim``: the visual feature width; None (the default) reads it from the data, a set value must match.
+    ``visual_trainable_layers`` / ``visual_tokens``: for a top-level ``visual_encoder`` (a Hugging Face vision tower
+    over raw images): the tower blocks that train (``[]``: frozen, its outputs computed once per image) and its
+    output (``"pooled"`` or ``"patches"``, the token grid that fusion encoders and frame attention take).
     """
 
     visual_dim: Optional[int] = None  # None = the data's feature width; a different value is an error
@@ -59,6 +67,8 @@ class ModelConfig:
     text_prefix: str = ""
     tiny_text_encoder: int = 0
     tiny_text_layers: int = 2
+    visual_trainable_layers: Optional[List[Any]] = field(default_factory=list)  # tower blocks that train ([]: frozen)
+    visual_tokens: str = "pooled"  # tower output: "pooled" [N, D] | "patches" [N, T, D]
 
 
 @dataclass
@@ -233,6 +243,12 @@ class FilesConfig:
     features: str = "features.npy"
     max_frames: Optional[int] = None
     mt_stand_in: bool = False
+    image_root: Optional[str] = None  # JSONL img_path / CSV image paths are under it
+    image_folder: str = "ImageData"  # NRCCR layout: images / frame folders here
+    skip_bad_media: bool = False  # bad image/frame: skip + report, not an error
+    frames_per_video: Optional[int] = None  # frames sampled uniformly (None = all)
+    video_frames: str = "mean"  # "mean" over frames | "keep" [N, F, D]
+    media_batch_size: int = 32  # images per vision-tower batch
 
 
 @dataclass
@@ -242,7 +258,8 @@ class Config:
     method: str = "ccrk"
     data: Any = "multi30k"
     languages: List[str] = field(default_factory=lambda: ["en", "de", "fr", "cs"])
-    text_encoder: Optional[str] = None  # None = the shipped e5 encoder
+    text_encoder: Optional[str] = None  # None = shipped e5; a HF folder or cached hub id
+    visual_encoder: Optional[str] = None  # None = features; HF folder or cached hub id
     epochs: int = 10
     max_steps: Optional[int] = None
     batch_size: int = 64
@@ -382,6 +399,12 @@ def validate(cfg: Config) -> Config:
     for name in ("epochs", "batch_size"):
         if int(getattr(cfg, name)) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.model.visual_tokens not in ("pooled", "patches"):
+        raise ConfigError(f"model.visual_tokens must be 'pooled' or 'patches', got {cfg.model.visual_tokens!r}")
+    if cfg.files.video_frames not in ("mean", "keep"):
+        raise ConfigError(f"files.video_frames must be 'mean' or 'keep', got {cfg.files.video_frames!r}")
+    if cfg.files.frames_per_video is not None and int(cfg.files.frames_per_video) < 1:
+        raise ConfigError(f"files.frames_per_video must be >= 1 or None, got {cfg.files.frames_per_video}")
     if cfg.files.layout not in ("auto", "nrccr", "jsonl"):
         raise ConfigError(f"files.layout must be auto|nrccr|jsonl, got {cfg.files.layout!r}")
     if cfg.save_every_steps < 0:
@@ -417,15 +440,44 @@ def read_file(path: Union[str, Path]) -> Dict[str, Any]:
     return data
 
 
+def config_names() -> List[str]:
+    """Names of the configs shipped in the package (``"nrccr_multi30k_de"``, ...), sorted."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def config_path(name: str) -> Path:
+    """The file of the shipped config ``name`` (a ``.yaml`` suffix is allowed); ConfigError listing the names."""
+    stem = name[:-5] if name.endswith(".yaml") else name
+    path = CONFIG_DIR / f"{stem}.yaml"
+    if "/" in stem or "\\" in stem or not path.is_file():
+        raise ConfigError(f"unknown config {name!r}: not a file and not a shipped config name; available names: "
+                          f"{', '.join(config_names())}")
+    return path
+
+
+def config_file(config: Union[str, Path]) -> Path:
+    """``config`` as a file: an existing path as given, else a shipped config name (:func:`config_path`).
+
+    A path that does not exist and is not a bare name (it has a folder part) raises ConfigError naming it."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    if isinstance(config, str) and len(path.parts) == 1 and (path.suffix in ("", ".yaml")):
+        return config_path(config)
+    raise ConfigError(f"config file {str(config)!r} does not exist (shipped config names: "
+                      f"{', '.join(config_names())})")
+
+
 def load_config(config: Union[None, str, Path, Dict[str, Any], Config] = None, **overrides) -> Config:
-    """Build a validated :class:`Config` from a path, a dict, a Config (copied) or None (defaults), then overrides."""
+    """Build a validated :class:`Config` from a shipped config name (``"nrccr_multi30k_de"``), a path, a dict, a
+    Config (copied) or None (defaults), then overrides."""
     if config is None:
         cfg = Config()
     elif isinstance(config, Config):
         cfg = from_dict(config.to_dict())
     elif isinstance(config, (str, Path)):
         try:
-            cfg = from_dict(read_file(config))
+            cfg = from_dict(read_file(config_file(config)))
         except ConfigError as e:
             raise ConfigError(f"{config}: {e}" if str(config) not in str(e) else str(e)) from None
     elif isinstance(config, dict):

@@ -122,6 +122,14 @@ def test_cli_unknown_key_and_missing_file(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "ccr_fast", "train", "--config", str(tmp_path / "nope.yaml")],
                              cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr and "Traceback" not in missing.stderr
+    # A shipped config by name, from outside the checkout: it loads (the bad override is what fails) ...
+    named = subprocess.run([sys.executable, "-m", "ccr_fast", "train", "--config", "nrccr_multi30k_de",
+                            "optim.lr=abc"], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=600)
+    assert named.returncode == 2 and "optim.lr" in named.stderr and "Traceback" not in named.stderr, named.stderr
+    # ... and an unknown name lists the available ones.
+    unknown = subprocess.run([sys.executable, "-m", "ccr_fast", "train", "--config", "nrccr_multi30k_xx"],
+                             cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=600)
+    assert unknown.returncode == 2 and "nrccr_multi30k_de" in unknown.stderr, unknown.stderr
 
 
 @pytest.mark.slow
@@ -140,6 +148,9 @@ def test_wheel_in_fresh_venv(tmp_path):
     (wheel,) = wheels.glob("ccr_fast-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         in_wheel = {n[:-3].replace("/", ".") for n in zf.namelist() if n.endswith(".py")}
+        configs_in_wheel = {Path(n).name for n in zf.namelist() if n.startswith("ccr_fast/configs/")}
+    shipped = {p.name for p in (REPO / "ccr_fast" / "configs").glob("*.yaml")}
+    assert shipped and shipped <= configs_in_wheel, f"configs missing from the wheel: {sorted(shipped - configs_in_wheel)}"
     in_wheel = {n[: -len(".__init__")] if n.endswith(".__init__") else n for n in in_wheel}
     missing = sorted(_source_modules() - in_wheel)
     assert not missing, f"modules of the source tree missing from the wheel: {missing}"

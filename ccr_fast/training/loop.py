@@ -44,7 +44,7 @@ DEFAULT_RUN = {
     # caption_groups="max", id-aware positives), batch 350, lr 2e-3, fixed temperature 0.05, 6 epochs (72 steps);
     # ITC ranking with query-bank normalisation over the training captions and images (ccrk.querybank, beta 20),
     # no ITM/MLM. The encoder stays frozen with cached token states, so a run is one encoder pass over the captions
-    # plus 72 cheap steps. Same values: configs/default.yaml.
+    # plus 72 cheap steps. Same values: ccr_fast/configs/default.yaml.
     "method": "ccrk",
     "data": {"name": "shipped", "train_captions": "all"},
     "languages": ["en", "de", "fr", "cs"],

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 import ccr_fast
-from ccr_fast.config import load_config
+from ccr_fast.config import CONFIG_DIR, config_names, config_path, load_config
 from ccr_fast.data.fixtures import fixture_collection
 
-CONFIGS = sorted(p for p in (Path(ccr_fast.__file__).resolve().parents[1] / "configs").glob("*.yaml")
-                 if p.name != "default.yaml")
+# The configs ship inside the package (ccr_fast/configs/), so they are found installed as well as in the checkout.
+CONFIGS = [config_path(n) for n in config_names() if n != "default"]
 TINY_ENCODER = {"text_encoder": None, "model.tiny_text_encoder": 32, "model.tiny_text_layers": 2,
                 "model.trainable_layers": None, "device": "cpu", "progress": False}
 CPU_SIZES = {"model.embed_dim": 32, "model.visual_hidden": 32, "model.text_hidden": 32, "model.qk_dim": 32,
@@ -19,11 +19,21 @@ CPU_SIZES = {"model.embed_dim": 32, "model.visual_hidden": 32, "model.text_hidde
 
 
 CORE = {"nrccr_multi30k_de", "baseline_multi30k_de", "cl2cm_multi30k_de", "nrccr_vatex_zh", "ccrk_multi30k_finetune"}
-PARAMS = [pytest.param(p, id=p.stem, marks=() if p.stem in CORE else pytest.mark.slow) for p in CONFIGS]
+# No configs found must fail, not collect an empty (skipped) parametrisation.
+PARAMS = [pytest.param(p, id=p.stem, marks=() if p.stem in CORE else pytest.mark.slow) for p in CONFIGS] or \
+    [pytest.param(None, id="no-shipped-configs-found")]
+
+
+def test_shipped_configs_are_found():
+    names = set(config_names())
+    assert CORE <= names, f"shipped configs missing under {CONFIG_DIR}: {sorted(CORE - names)}"
+    assert len(names) >= 20
+    assert {load_config(n).method for n in names} == {"baseline", "nrccr", "cl2cm", "ccrk"}
 
 
 @pytest.mark.parametrize("path", PARAMS)
 def test_config_trains_two_steps_on_its_fixture(path, tmp_path):
+    assert path is not None, f"no shipped configs found under {CONFIG_DIR}"
     cfg = load_config(path)
     frames = 3 if cfg.model.visual_encoder == "transformer" else None
     root = fixture_collection(tmp_path / (cfg.files.coll or "coll"), cfg, n_items=16, frames=frames)

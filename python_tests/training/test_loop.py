@@ -103,8 +103,8 @@ def test_ranks_and_metrics_from_scores():
 
 
 def test_cli_parses():
-    args = build_parser().parse_args(["train", "--config", "configs/default.yaml", "optim.lr=1e-4", "languages=[en,de]"])
-    assert args.command == "train" and args.config == "configs/default.yaml"
+    args = build_parser().parse_args(["train", "--config", "nrccr_multi30k_de", "optim.lr=1e-4", "languages=[en,de]"])
+    assert args.command == "train" and args.config == "nrccr_multi30k_de"
     assert parse_overrides(args.overrides) == {"optim.lr": 1e-4, "languages": ["en", "de"]}
     assert build_parser().parse_args(["eval", "runs/x"]).checkpoint == "runs/x"
     with pytest.raises(ValueError, match="key=value"):
@@ -113,11 +113,30 @@ def test_cli_parses():
         build_parser().parse_args(["fly"])
 
 
-def test_shipped_configs_load():
-    files = sorted(Path(__file__).resolve().parents[2].glob("configs/*.yaml"))
-    assert len(files) >= 20
-    methods = {load_config(f).method for f in files}
-    assert methods == {"baseline", "nrccr", "cl2cm", "ccrk"}
+def test_shipped_configs_load_by_name_and_path(tmp_path, monkeypatch):
+    from ccr_fast.config import config_names, config_path
+
+    monkeypatch.chdir(tmp_path)  # by name from anywhere, not relative to the checkout
+    names = config_names()
+    assert len(names) >= 20 and "nrccr_multi30k_de" in names and "default" in names
+    assert {load_config(n).method for n in names} == {"baseline", "nrccr", "cl2cm", "ccrk"}
+    by_path = load_config(str(config_path("nrccr_multi30k_de")))
+    assert by_path == load_config("nrccr_multi30k_de") == load_config("nrccr_multi30k_de.yaml")
+    own = tmp_path / "mine.yaml"
+    own.write_text("method: cl2cm\nepochs: 2\n")
+    assert load_config(str(own)).epochs == 2 and load_config(own).method == "cl2cm"
+    with pytest.raises(ValueError, match="unknown config 'nrccr_multi30k_xx'.*available names: .*nrccr_multi30k_de"):
+        load_config("nrccr_multi30k_xx")
+    with pytest.raises(ValueError, match="does not exist.*nrccr_multi30k_de"):
+        load_config("some/dir/missing.yaml")
+
+
+def test_cli_train_config_by_name_unknown_name_is_an_error(capsys):
+    from ccr_fast.cli import main
+
+    assert main(["train", "--config", "no_such_config", "max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config 'no_such_config'" in err and "nrccr_multi30k_de" in err
 
 
 def _ref_metrics(scores64, t2v_item):
