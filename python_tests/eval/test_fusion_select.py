@@ -85,7 +85,7 @@ def test_select_rejects_bad_input():
 
 def test_compare_claims_needs_a_source_checkout(tmp_path, monkeypatch):
     """``compare --claims`` runs tools/run_claims.py from the checkout, or says where it looked."""
-    from ccr_fast.eval import compare
+    from ccr_fast.experiments import compare
 
     monkeypatch.setattr(compare, "_repo_root", lambda: tmp_path)
     with pytest.raises(FileNotFoundError, match="run_claims.py"):
