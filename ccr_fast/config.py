@@ -202,6 +202,7 @@ class CCRkConfig:
     text_center: bool = False  # subtract a running mean of the normalised pooled caption embeddings, renormalise
     querybank: bool = False  # ITC ranking with query-bank normalisation over the training captions/images
     querybank_beta: float = 20.0  # inverse temperature of that normalisation
+    ridge_init: float = 0.0  # > 0: start the visual map from the closed-form ridge solution with this λ (0 = off)
 
 
 @dataclass

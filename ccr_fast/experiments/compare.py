@@ -195,7 +195,8 @@ FOLD_ROWS: Dict[str, tuple] = {
 # learned candidates of the default search (issue 20), each one recipe; see docs/results.md for the motivation
 CANDIDATES: Dict[str, tuple] = {
     "ccrk_r2": ("CCR^k ITC, round-2 recipe (the default before the fold protocol: lr 2e-3, 6 epochs, dropout 0.1)",
-                {"method": "ccrk", "ccrk.ridge_init": 0.0}),
+                {"method": "ccrk", "lr": 2e-3, "epochs": 6, "model.dropout": 0.1, "ccrk.ridge_init": 0.0,
+                 "ccrk.querybank": True, "ccrk.querybank_beta": 20.0}),
     "ccrk_ridge": ("CCR^k ITC from the ridge map (visual map initialised by the closed form, λ 1), lr 3e-4, 4 epochs",
                    {"method": "ccrk", "ccrk.ridge_init": 1.0, "lr": 3e-4, "epochs": 4}),
 }
@@ -244,6 +245,17 @@ def run_fold_row(key: str, fold: int, out_dir: str) -> tuple:
            "cpu_seconds": time.process_time() - c0, "val": _val_record(res.history),
            "history": res.history, "test": _metrics_record(res.metrics)}
     return rec, res.best_checkpoint
+
+
+def same_recipe(row: str) -> str:
+    """The other trained row whose resolved config equals ``row``'s (e.g. the candidate that is the default), or ''."""
+    from ..training.loop import resolve_config
+
+    mine = resolve_config(None, fold_rows()[row][1]).to_dict()
+    for other, (_, over) in fold_rows().items():
+        if other != row and resolve_config(None, over).to_dict() == mine:
+            return other
+    return ""
 
 
 def run_derived(key: str, fold: int, checkpoint: str) -> dict:
@@ -407,6 +419,37 @@ def validation_view(saved: dict) -> dict:
                         for r in saved["records"]]}
 
 
+def load_text_states(path: Path) -> int:
+    """Fill the process's shared frozen-encoder state caches from ``path`` (written by :func:`save_text_states`);
+    returns the number of entries loaded (0 when the file is absent)."""
+    import torch
+
+    from ..training import state_cache as sc
+
+    if not path.is_file():
+        return 0
+    n = 0
+    for key, items in torch.load(path, weights_only=False).items():
+        cache = sc._SHARED.setdefault(key, sc.StateCache(sc.cache_budget_bytes()))
+        for k, v in items:
+            cache[k] = v
+            n += 1
+    return n
+
+
+def save_text_states(path: Path) -> int:
+    """Write the shared frozen-encoder state caches to ``path`` (atomically); returns the number of entries."""
+    import torch
+
+    from ..training import state_cache as sc
+
+    data = {key: list(cache.items()) for key, cache in sc._SHARED.items()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+    return sum(len(v) for v in data.values())
+
+
 def run_folds(args, rows: List[str]) -> dict:
     import torch
 
@@ -422,16 +465,29 @@ def run_folds(args, rows: List[str]) -> dict:
         "load": os.getloadavg() if hasattr(os, "getloadavg") else None, "threads": args.threads})
     have = {(r["row"], r["fold"]): r for r in saved["records"]}
     work = args.work or tempfile.mkdtemp(prefix="ccr_fast_folds_")
+    states = Path(work) / "text_states.pt"  # the frozen encoder's token states, reused by a resumed run
+    saved_states = load_text_states(states)
+    alias = {key: same_recipe(key) for key in rows if key not in DERIVED}
+    alias = {k: v for k, v in alias.items() if v in rows and not alias.get(v)}  # trained once, copied
     for fold in range(args.folds):
-        for key in rows:
+        for key in sorted(rows, key=lambda k: k in alias):  # aliases after the rows they copy
             if key in DERIVED:
                 continue
-            derived = [d for d in rows if d in DERIVED and DERIVED[d][1] == key]
+            derived = [d for d in rows if d in DERIVED and key in (DERIVED[d][1], alias.get(DERIVED[d][1]))]
             old = have.get((key, fold))
-            if old is not None and old["overrides"] == fold_rows()[key][1] and all((d, fold) in have for d in derived):
+            if (old is not None and old["overrides"] == fold_rows()[key][1] and old.get("same_as", "") == alias.get(key, "")
+                    and all((d, fold) in have and have[(d, fold)]["overrides"].get("from") == DERIVED[d][1]
+                            and have[(d, fold)].get("base", key) == key for d in derived)):
                 continue
-            rec, best = run_fold_row(key, fold, work)
-            todo = [rec] + [run_derived(d, fold, best) for d in derived]
+            if key in alias:  # the same resolved config as a trained row: its records, named as this row
+                todo = [dict(have[(alias[key], fold)], row=key, overrides=fold_rows()[key][1], same_as=alias[key])]
+            else:
+                rec, best = run_fold_row(key, fold, work)
+                todo = [rec] + [dict(run_derived(d, fold, best), base=key) for d in derived]
+                from ..training import state_cache as sc
+
+                if sum(len(c) for c in sc._SHARED.values()) > saved_states:
+                    saved_states = save_text_states(states)
             for r in todo:
                 saved["records"] = [x for x in saved["records"] if (x["row"], x["fold"]) != (r["row"], fold)]
                 saved["records"].append(r)

@@ -193,6 +193,14 @@ class CCRk(Method):
         self.register_buffer("qb_text", torch.zeros(0, m.embed_dim))
         self.register_buffer("qb_visual", torch.zeros(0, m.embed_dim))
         self._qb_data = None
+        self._ridge_data = None  # ccrk.ridge_init: the training data, until the first training step initialises
+        if c.ridge_init and (c.text_proj != "identity" or c.vision_proj != "identity"
+                             or m.visual_encoder != "norm_linear"):
+            raise ConfigError("ccrk.ridge_init needs ccrk.text_proj='identity', ccrk.vision_proj='identity' and "
+                              f"model.visual_encoder='norm_linear', got {c.text_proj!r}, {c.vision_proj!r}, "
+                              f"{m.visual_encoder!r}")
+        if c.ridge_init < 0:
+            raise ConfigError(f"ccrk.ridge_init: expected a ridge strength >= 0 (0 = off), got {c.ridge_init}")
         if c.vision_proj == "identity":  # the visual encoder maps straight into the common space
             if m.visual_hidden != m.embed_dim:
                 raise ConfigError(f"ccrk.vision_proj='identity' needs model.visual_hidden == model.embed_dim, got "
@@ -218,6 +226,7 @@ class CCRk(Method):
     def train_dataset(self, data):
         """K-language groups: every item with a caption in each of ``languages`` (image-major texts)."""
         self._qb_data = data if self.mcfg.querybank else None
+        self._ridge_data = data if self.mcfg.ridge_init else None
         return CCRkDataset(data, list(self.cfg.languages), groups=self.mcfg.caption_groups)
 
     @torch.no_grad()
@@ -262,6 +271,44 @@ class CCRk(Method):
     def text_states(self, tok, use_cache: bool = True):
         if use_cache:
             return self.text(tok["input_ids"], tok["attention_mask"])
+    def load_state_dict(self, state_dict, strict: bool = True, **kw):
+        self._ridge_data = None  # loaded (resumed) weights are never overwritten by the ridge initialisation
+        return super().load_state_dict(state_dict, strict=strict, **kw)
+
+    @torch.no_grad()
+    def init_from_ridge(self, data, batch_size: int = 256) -> None:
+        """``ccrk.ridge_init = λ``: start from the closed-form ridge map (as ``method="linear"``, in the
+        standardised visual space). Text targets: the centred, normalised frozen embeddings of every training
+        caption (the centre also seeds the running text mean); visual: the training images standardised with their
+        own mean/variance (also set as the BatchNorm running statistics). ``W = (ZᵀZ + λ·s·I)⁻¹ ZᵀY`` over every
+        (image, caption) pair, ``s`` the mean eigenvalue of ZᵀZ; bias = mean target."""
+        pairs, texts = [], []
+        for lang in self.cfg.languages:
+            for i, caps in enumerate(data.captions.get(lang, [])):
+                for t in caps:
+                    if t:
+                        pairs.append(i)
+                        texts.append(t)
+        if not texts:
+            raise ValueError(f"ccrk.ridge_init: the training data has no caption in {list(self.cfg.languages)}")
+        y = self.encode_text(texts, batch_size=batch_size).double()  # normalised pooled (centre still zero)
+        centre = y.mean(0)
+        self.text_center.mean.copy_(centre.float())
+        self.text_center.seen.fill_(1)
+        y = F.normalize(y - centre, dim=-1)
+        feats = torch.as_tensor(data.features, dtype=torch.float64, device=y.device)
+        norm = self.visual.norm
+        mu, var = feats.mean(0), feats.var(0, unbiased=False)
+        norm.running_mean.copy_(mu.float())
+        norm.running_var.copy_(var.float())
+        z = ((feats - mu) / torch.sqrt(var + norm.eps))[torch.as_tensor(pairs, device=y.device)]
+        z = z - z.mean(0)
+        evals, evecs = torch.linalg.eigh(z.t() @ z)
+        lam = float(self.mcfg.ridge_init) * float(evals.clamp_min(0).mean())
+        w = evecs @ ((evecs.t() @ (z.t() @ y)) / (evals.clamp_min(0) + lam).unsqueeze(1))  # [Dv, d]
+        self.visual.linear.weight.copy_(w.t().float())
+        self.visual.linear.bias.copy_(y.mean(0).float())
+
         return self.text._run(tok["input_ids"], tok["attention_mask"])
 
     def text_embed_from_states(self, states, mask):
@@ -322,6 +369,9 @@ class CCRk(Method):
         b = batch["visual"].shape[0]
         states = self.text_states(tok)
         txt = self.text_embed_from_states(states, tok["attention_mask"])  # [BK, d]
+        if self._ridge_data is not None and self.training:
+            self.init_from_ridge(self._ridge_data)
+            self._ridge_data = None
         vh = self.visual_hidden(batch["visual"], batch.get("visual_mask"))
         img = F.normalize(self.vision_proj(vh), dim=-1)
         out = {}

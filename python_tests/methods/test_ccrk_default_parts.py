@@ -95,3 +95,54 @@ def test_querybank_checkpoint_evaluates_to_the_same_metrics(tmp_path):
         if lang in res.metrics:
             assert again[lang]["sumr"] == pytest.approx(res.metrics[lang]["sumr"])
     assert again["sumr"] == pytest.approx(res.metrics["sumr"])
+
+
+def _ridge_method(lam=0.5, **kw):
+    return _method(**{"ccrk.ridge_init": lam, "ccrk.text_proj": "identity", "ccrk.vision_proj": "identity",
+                      "model.embed_dim": 32, "model.visual_hidden": 32, **kw})
+
+
+def test_ridge_init_matches_float64_closed_form():
+    """ccrk.ridge_init: the first training step starts from the ridge map (float64 reference, every pair)."""
+    lam = 0.5
+    m = _ridge_method(lam)
+    train = _data(10, 0, "train")
+    ds = m.train_dataset(train)
+    texts, rows = [], []
+    for lang in ("en", "de"):
+        for i, caps in enumerate(train.captions[lang]):
+            texts += caps
+            rows += [i] * len(caps)
+    y = m.encode_text(texts).double()  # normalised pooled embeddings (centre still zero)
+    centre = y.mean(0)
+    y = torch.nn.functional.normalize(y - centre, dim=-1)
+    x = torch.as_tensor(train.features, dtype=torch.float64)
+    z = ((x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5))[rows]
+    z = z - z.mean(0)
+    gram = z.t() @ z
+    s = torch.linalg.eigvalsh(gram).clamp_min(0).mean()
+    w = torch.linalg.solve(gram + lam * s * torch.eye(16, dtype=torch.float64), z.t() @ y)
+    m.train()
+    m.init_from_ridge(train)
+    torch.testing.assert_close(m.visual.linear.weight.double(), w.t(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m.visual.linear.bias.double(), y.mean(0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(m.text_center.mean.double(), centre, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m.visual.norm.running_mean.double(), x.mean(0), rtol=1e-5, atol=1e-6)
+    # the loop's first step applies it once; loaded (resumed) weights are never overwritten
+    m2 = _ridge_method(lam)
+    m2.train_dataset(train)
+    m2.train()
+    m2.loss_dict(m2.collate([ds[i] for i in range(6)]))
+    assert m2._ridge_data is None
+    torch.testing.assert_close(m2.visual.linear.weight, m.visual.linear.weight)
+    m3 = _ridge_method(lam)
+    m3.train_dataset(train)
+    m3.load_state_dict(m.state_dict())
+    assert m3._ridge_data is None
+
+
+def test_ridge_init_config_errors():
+    with pytest.raises(ConfigError, match="ridge_init"):
+        _ridge_method(0.5, **{"ccrk.text_proj": "linear", "model.embed_dim": 16})
+    with pytest.raises(ConfigError, match="ridge_init"):
+        _ridge_method(-1.0)
