@@ -3,6 +3,8 @@
 * ``train [--config NAME|FILE] [key=value ...]`` — dotted overrides (``optim.lr=1e-4 epochs=3 languages=[en,de]``);
   with neither a config nor overrides it trains the built-in default on the shipped data.
 * ``eval CHECKPOINT [key=value ...]`` — test metrics of a checkpoint (or run) folder, as JSON.
+* ``extract VISUAL_ENCODER IMAGES OUT`` — vision-tower features of a folder / CSV of images as ``OUT`` (``.npy``) +
+  ``.ids.txt`` (``ccr_fast.extract_features``; resumes after a kill).
 * ``bench ...`` — forwards the rest of the arguments to ``ccr_fast.bench.main(argv)``.
 * ``compare ...`` — forwards to ``ccr_fast.experiments.compare.main(argv)`` (the method comparison / claim tests).
 * ``gpu-check ...`` — forwards to ``ccr_fast.gpu_check.main(argv)`` (``--compile-only`` needs no GPU).
@@ -58,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", parents=[common], help="evaluate a checkpoint folder")
     e.add_argument("checkpoint")
     e.add_argument("overrides", nargs="*", help="key=value config overrides")
+    x = sub.add_parser("extract", parents=[common], help="write vision-tower features (.npy + .ids.txt) of images")
+    from .inference.extract import add_arguments as _extract_arguments
+
+    _extract_arguments(x)
     for name, module in FORWARDED.items():
         f = sub.add_parser(name, help=f"forwarded to {module}.main (try `{name} --help`)")
         f.add_argument("args", nargs=argparse.REMAINDER)
@@ -86,6 +92,11 @@ def _forward(command: str, argv: List[str]) -> int:
 
 
 def _run(args) -> int:
+    if args.command == "extract":
+        from .inference.extract import run as run_extract
+
+        print(run_extract(args))
+        return 0
     overrides = parse_overrides(args.overrides)
     if args.command == "train":
         from .training import train

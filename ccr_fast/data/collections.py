@@ -39,6 +39,10 @@ def load_data(cfg, split: str, langs: Sequence[str] = None) -> CCRData:
     the caption files of these languages only.
     """
     data = cfg.data
+    if getattr(cfg, "visual_encoder", None) and (data in ("synthetic", "shipped", "multi30k", "default") or (
+            isinstance(data, dict) and data.get("name") in ("synthetic", "shipped"))):
+        raise DataFormatError(f"visual_encoder is set, but data={data!r} holds precomputed features, not images "
+                              f"(give a CSV, JSON lines with img_path, or a collection with an image folder)")
     if isinstance(data, dict) and data.get("name") == "synthetic":
         return _synthetic(cfg, split, {k: v for k, v in data.items() if k != "name"})
     if data == "synthetic":
@@ -53,7 +57,7 @@ def load_data(cfg, split: str, langs: Sequence[str] = None) -> CCRData:
         return load_shipped(split, **kw)
     try:
         if isinstance(data, dict):
-            return _from_mapping(cfg, dict(data), split)
+            return _from_mapping(cfg, dict(data), split, langs)
         if isinstance(data, (str, Path)) and Path(str(data)).expanduser().is_dir():
             return _from_folder(cfg, Path(str(data)).expanduser(), split, langs)
     except FileNotFoundError as e:
@@ -106,6 +110,15 @@ def _from_folder(cfg, root: Path, split: str, langs) -> CCRData:
             for lang in (list(langs) if langs else list(cfg.languages)):
                 caps += [_fmt(n, **kw, lang=lang) for n in names]
         caps = _caption_paths(root, caps, optional_mt=split != "train", split=split)
+        if cfg.visual_encoder:  # raw media: an image / frame folder replaces FeatureData/
+            from .media_data import nrccr_media_features
+            from .readers import load_nrccr_collection
+
+            folder = _feature_path(root, f.image_folder)
+            if not folder.is_dir():
+                raise DataFormatError(f"files.image_folder: {folder} does not exist (the images or frame folders "
+                                      f"that replace FeatureData/ when visual_encoder is set)")
+            return load_nrccr_collection(root, caps, nrccr_media_features(cfg, folder), name=f"{root.name}/{split}")
         feat_dir = root / "FeatureData" / kw["feat"]
         if not feat_dir.exists():
             raise DataFormatError(f"files.feature: {feat_dir} does not exist (a BigFile folder or a folder of "
@@ -126,6 +139,10 @@ def _from_folder(cfg, root: Path, split: str, langs) -> CCRData:
     if split in f.jsonl_mt:  # MT of each language into the source (translate-test); optional per language
         mt = {lang: root / _fmt(f.jsonl_mt[split], **kw, lang=lang) for lang in use if lang != src}
         mt = {lang: p for lang, p in mt.items() if p.is_file()}
+    if cfg.visual_encoder:  # raw media: img_path under files.image_root
+        from .media_data import media_jsonl_data
+
+        return media_jsonl_data(cfg, files, mt, f.image_root or root, f"{root.name}/{split}")
     return _jsonl(files, _feature_path(root, _fmt(f.features, **kw)), None, mt, f"{root.name}/{split}", cfg, split)
 
 
@@ -200,11 +217,22 @@ def _jsonl(files: dict, features, ids, mt: dict, name: str, cfg, split: str) -> 
     return load_jsonl_collection(files, arr, fids, mt_files=mt or None, mt_target=src, name=name)
 
 
-def _from_mapping(cfg, m: dict, split: str) -> CCRData:
+def _from_mapping(cfg, m: dict, split: str, langs=None) -> CCRData:
     root = Path(str(m.pop("root", "."))).expanduser()
     if split not in m:
         raise DataFormatError(f"data[{split!r}]: the data mapping names no files for this split (has {sorted(m)})")
     spec = dict(m[split])
+    if "csv" in spec or (cfg.visual_encoder and "jsonl" in spec and "features" not in spec):
+        if not cfg.visual_encoder:
+            raise DataFormatError(f"data[{split!r}].csv: raw media need a vision tower; set visual_encoder (a Hugging "
+                                  f"Face folder or a hub id in the local cache)")
+        from .media_data import media_csv_data, media_jsonl_data
+
+        if "csv" in spec:
+            return media_csv_data(cfg, spec["csv"], root, split, langs)
+        files = {lang: _feature_path(root, str(p)) for lang, p in spec["jsonl"].items()}
+        mt = {lang: _feature_path(root, str(p)) for lang, p in (spec.get("mt") or {}).items()}
+        return media_jsonl_data(cfg, files, mt, cfg.files.image_root or root, f"{root.name}/{split}")
     feats = spec.get("features")
     if feats is None:
         raise DataFormatError(f"data[{split!r}].features: missing")

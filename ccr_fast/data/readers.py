@@ -399,7 +399,8 @@ def load_nrccr_collection(root: PathLike, caption_files: Sequence[PathLike], fea
             appended when needed), e.g. ``["multi30ktrain_enc", "multi30ktrain_google_enc2de",
             "multi30ktrain_google_enc2de2enc"]``. Tags map as :func:`nrccr_tag_to_key`.
         features: a BigFile folder or an ``.npy`` file, as a path or a name under ``root/FeatureData``. A BigFile
-            with ``video2frames.txt`` gives frame features ``[N, F, D]`` (zero-padded, ``n_frames`` set).
+            with ``video2frames.txt`` gives frame features ``[N, F, D]`` (zero-padded, ``n_frames`` set). Or a
+            callable ``vids -> (features, n_frames, keep mask)`` (raw media, :mod:`ccr_fast.data.media_data`).
         id_file: row ids of an ``.npy`` (path or name under ``root/FeatureData``); default
             ``<npy>.ids.txt`` / ``<npy>_id.txt``.
         name: the data name (default: the folder name).
@@ -458,6 +459,15 @@ def load_nrccr_collection(root: PathLike, caption_files: Sequence[PathLike], fea
         translations[tag] = out
     captions = {lang: [[t for _, t in per] for per in lists] for lang, lists in captions.items()}
 
+    if callable(features):  # raw media (ccr_fast.data.media_data): vids -> (features, n_frames, keep mask)
+        feats, n_frames, keep = features(vids)
+        full = np.zeros((len(vids),) + feats.shape[1:], dtype=np.float32)
+        full[keep] = feats
+        nf = None if n_frames is None else np.zeros(len(vids), dtype=np.int64)
+        if nf is not None:
+            nf[keep] = n_frames
+        data = CCRData(name or root.name, vids, full, dict(captions), dict(translations), nf)
+        return data if keep.all() else data.subset(np.flatnonzero(keep))  # bad media left out (reported)
     feat_path = _resolve(root, "FeatureData", features)
     n_frames = None
     if feat_path.is_dir():

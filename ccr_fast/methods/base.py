@@ -194,6 +194,25 @@ class Method(nn.Module):
         self.train(was)
         return torch.cat(out).float()
 
+    def media_features(self, images) -> np.ndarray:
+        """What :meth:`encode_visual` takes, from image paths / PIL images: the configured ``visual_encoder``'s
+        outputs (``[N, D]`` or ``[N, T, D]`` float32), as the training data were encoded (frozen tower)."""
+        if not self.cfg.visual_encoder:
+            raise ValueError(f"images: this {self.name} model was trained on feature arrays (no visual_encoder); "
+                             f"pass its features [N, {self.cfg.model.visual_dim}] instead of images")
+        from ..data.media import encode_images
+        from ..data.media_data import get_tower
+
+        tower, proc = get_tower(self.cfg.visual_encoder, self.cfg.model.visual_tokens)
+        tower.to(self.device)
+        return encode_images(tower, proc, images, batch_size=int(self.cfg.files.media_batch_size)).cpu().numpy()
+
+    @torch.no_grad()
+    def encode_media(self, images, batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised visual embeddings ``[N, d]`` of image paths / PIL images (:meth:`media_features` →
+        :meth:`encode_visual`)."""
+        return self.encode_visual(self.media_features(images), batch_size=batch_size)
+
     @torch.no_grad()
     def encode_visual(self, features, batch_size: int = 256) -> torch.Tensor:
         """L2-normalised visual embeddings ``[G, d]`` from features ``[G, Dv]`` (or ``[G, F, Dv]``)."""

@@ -1,8 +1,9 @@
 """Text side: a Hugging Face encoder loaded from a local folder, layer freezing, the NRCCR shared text head and the
 common-space mapping.
 
-Encoders are only ever loaded from a local path (``AutoModel.from_pretrained(path)``), never a hub id. The
-default path is the shipped ``models/multilingual-e5-small-l9-4lang`` (``CCR_FAST_MODELS`` overrides the folder).
+Encoders are only ever loaded from local files: a folder, or a hub id found in the local Hugging Face cache
+(:func:`ccr_fast.models.towers.resolve_hf_model`; nothing downloads). The default path is the shipped
+``models/multilingual-e5-small-l9-4lang`` (``CCR_FAST_MODELS`` overrides the folder).
 """
 from __future__ import annotations
 
@@ -32,8 +33,13 @@ def default_encoder_path() -> Path:
 
 
 def resolve_encoder_path(path: Optional[Union[str, Path]]) -> Path:
-    """A local encoder folder; raises FileNotFoundError (never contacts a hub) when it does not exist."""
+    """A local encoder folder (or a hub id's snapshot in the local HF cache); FileNotFoundError (never contacts a
+    hub) when there is none."""
     p = default_encoder_path() if path in (None, "", "default") else Path(os.path.expanduser(str(path)))
+    if not p.is_dir() and path not in (None, "", "default"):  # a hub id: looked up in the local HF cache only
+        from .towers import resolve_hf_model
+
+        return resolve_hf_model(str(path), what="text_encoder")
     if not p.is_dir() or not (p / "config.json").exists():
         raise FileNotFoundError(f"text_encoder must be a local Hugging Face folder with config.json, got {str(p)!r}")
     return p
