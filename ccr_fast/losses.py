@@ -12,15 +12,16 @@ different dtypes are accepted only under ``torch.autocast`` (both are cast to th
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .ops._common import acc_dtype, as_scale, check_finite, check_same, check_tensor
+from .ops._common import acc_dtype
+from .ops._validate import check_features, check_float, check_int, check_scale, check_tensor, check_world
 from .ops.contrastive import contrastive_loss
+from .ops.dispatch import BACKENDS
 
 Tensor = torch.Tensor
 Scale = Union[float, Tensor]
@@ -29,47 +30,20 @@ __all__ = ["clip_loss", "one_to_k_loss", "triplet_loss", "similarity_distillatio
            "TripletLoss"]
 
 # ---------------------------------------------------------------------------------------------------------------
-# Validation
+# Validation (the shared checks of ccr_fast.ops._validate, plus the 1-to-K text layout)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
+def _check_flags(**flags) -> None:
+    """Constructor switches must be bools (a string such as "False" would silently read as True)."""
+    for name, value in flags.items():
+        if isinstance(value, str) or value not in (True, False):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
-def _check_features(names: Tuple[str, str], a: Tensor, b: Tensor, ndims: Tuple[int, int]) -> None:
-    """Types, ranks, non-emptiness, one device, one dtype (unless autocast), equal feature sizes."""
-    check_tensor(names[0], a, ndim=ndims[0], nonempty=False)
-    check_tensor(names[1], b, ndim=ndims[1], nonempty=False)
-    check_same(names, (a, b), dtype=False)
-    if a.dtype != b.dtype and not torch.is_autocast_enabled(a.device.type):
-        raise ValueError(f"{names[1]} must have the same dtype as {names[0]} ({a.dtype}), got {b.dtype} "
-                         "(mixed dtypes are accepted only under torch.autocast)")
-    if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"{names[1]} must have feature size {a.shape[-1]} (the last dim of {names[0]}), "
-                         f"got shape {tuple(b.shape)}")
-    for n, t in zip(names, (a, b)):
-        if t.shape[0] == 0:
-            raise ValueError(f"{n} must have a non-empty batch, got shape {tuple(t.shape)}")
-        if t.shape[-1] == 0:
-            raise ValueError(f"{n} must have a non-zero feature size, got shape {tuple(t.shape)}")
-
-
-def _check_batch(names: Tuple[str, str], a: Tensor, b: Tensor) -> None:
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(f"{names[1]} must have batch size {a.shape[0]} (that of {names[0]}), "
-                         f"got shape {tuple(b.shape)}")
-
-
-def _scale(logit_scale: Scale, device: torch.device) -> Tensor:
-    if isinstance(logit_scale, float) and not math.isfinite(logit_scale):
-        raise ValueError("logit_scale contains NaN or Inf values")
-    scale = as_scale(logit_scale, device)
-    # data-dependent check: skipped inside a compiled graph, and for CUDA tensors (it would be a host sync on
-    # every training step)
-    if not _compiling() and scale.device.type == "cpu":
-        check_finite("logit_scale", scale.detach())
-    return scale
+def _check_backend(backend) -> None:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def _check_divisor(t2i_divisor: str) -> str:
@@ -117,10 +91,8 @@ def clip_loss(image_features: Tensor, text_features: Tensor, logit_scale: Scale,
     Returns:
         0-dim float32 loss (float64 for float64 inputs); open_clip ``ClipLoss`` value at world size 1.
     """
-    names = ("image_features", "text_features")
-    _check_features(names, image_features, text_features, (2, 2))
-    _check_batch(names, image_features, text_features)
-    scale = _scale(logit_scale, image_features.device)
+    check_features(("image_features", "text_features"), image_features, text_features)
+    scale = check_scale(logit_scale, image_features.device)
     w = 1.0 / (2.0 * image_features.shape[0])
     return contrastive_loss(image_features, text_features, scale, w_row=w, w_col=w, backend=backend)
 
@@ -143,11 +115,9 @@ def one_to_k_loss(image_features: Tensor, text_features: Tensor, logit_scale: Sc
     _check_divisor(t2i_divisor)
     if isinstance(text_features, Tensor) and text_features.dim() == 3 and text_features.shape[1] < 1:
         raise ValueError(f"text_features must have K >= 1 texts per image, got shape {tuple(text_features.shape)}")
-    names = ("image_features", "text_features")
-    _check_features(names, image_features, text_features, (2, 3))
-    _check_batch(names, image_features, text_features)
+    check_features(("image_features", "text_features"), image_features, text_features, (2, 3))
     B, K, d = text_features.shape
-    scale = _scale(logit_scale, image_features.device)
+    scale = check_scale(logit_scale, image_features.device)
     w_i2t, w_t2i = _one_to_k_weights(B, K, t2i_divisor)
     return contrastive_loss(image_features, text_features.reshape(B * K, d), scale, col_div=K, w_row=w_i2t,
                             w_col=w_t2i, backend=backend)
@@ -182,15 +152,9 @@ def similarity_distillation_loss(teacher: Tensor, student: Tensor, anchor: Tenso
     Returns:
         0-dim float32 loss (float64 for float64 inputs). Plain PyTorch (O(B²) memory).
     """
-    names = ("teacher", "student")
-    _check_features(names, teacher, student, (2, 2))
-    _check_batch(names, teacher, student)
-    _check_features(("teacher", "anchor"), teacher, anchor, (2, 2))
-    _check_batch(("teacher", "anchor"), teacher, anchor)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
-    if not (temperature > 0 and temperature != float("inf")):
-        raise ValueError(f"temperature must be a finite float > 0, got {temperature}")
+    check_features(("teacher", "student"), teacher, student)
+    check_features(("teacher", "anchor"), teacher, anchor)
+    check_float("temperature", temperature, positive=True)
     acc = acc_dtype(torch.promote_types(student.dtype, anchor.dtype))
     with torch.autocast(student.device.type, enabled=False):
         t, s, v = teacher.detach().to(acc), student.to(acc), anchor.to(acc)
@@ -204,13 +168,6 @@ def similarity_distillation_loss(teacher: Tensor, student: Tensor, anchor: Tenso
 # ---------------------------------------------------------------------------------------------------------------
 # Distributed gathering (open_clip semantics)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _check_world(rank: int, world_size: int) -> None:
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
 
 
 def gather_features(features: Tensor, *, local_loss: bool, gather_with_grad: bool, rank: int,
@@ -250,13 +207,23 @@ class ClipLoss(nn.Module):
     ``rank · b`` — mapped onto the kernel's positive rule ``(rank·b, 1, 0, 1)`` with a row-only cross-entropy.
 
     Args:
-        local_loss, gather_with_grad, cache_labels, rank, world_size: as open_clip. backend: kernel backend.
+        local_loss, gather_with_grad, cache_labels, rank, world_size: as open_clip.
+        use_horovod: accepted for open_clip's constructor; ``True`` raises ValueError (Horovod is not supported:
+            launch with torchrun, which ``torch.distributed`` gathers through).
+        backend: kernel backend (keyword only).
     """
 
     def __init__(self, local_loss: bool = False, gather_with_grad: bool = False, cache_labels: bool = False,
-                 rank: int = 0, world_size: int = 1, *, backend: str = "auto"):
+                 rank: int = 0, world_size: int = 1, use_horovod: bool = False, *, backend: str = "auto"):
         super().__init__()
-        _check_world(rank, world_size)
+        _check_flags(local_loss=local_loss, gather_with_grad=gather_with_grad, cache_labels=cache_labels,
+                     use_horovod=use_horovod)
+        if use_horovod:
+            raise ValueError("use_horovod=True is not supported by ccr_fast.losses.ClipLoss: distributed gathering "
+                             "goes through torch.distributed (launch with torchrun and keep use_horovod=False)")
+        check_world(rank, world_size)
+        _check_backend(backend)
+        self.use_horovod = use_horovod
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
         self.cache_labels = cache_labels
@@ -300,10 +267,8 @@ class ClipLoss(nn.Module):
         if self.world_size == 1:
             loss = clip_loss(image_features, text_features, logit_scale, backend=self.backend)
         else:
-            names = ("image_features", "text_features")
-            _check_features(names, image_features, text_features, (2, 2))
-            _check_batch(names, image_features, text_features)
-            scale = _scale(logit_scale, image_features.device)
+            check_features(("image_features", "text_features"), image_features, text_features)
+            scale = check_scale(logit_scale, image_features.device)
             opts = dict(local_loss=self.local_loss, gather_with_grad=self.gather_with_grad, rank=self.rank,
                         world_size=self.world_size)
             all_i, all_t = gather_features(image_features, **opts), gather_features(text_features, **opts)
@@ -335,12 +300,11 @@ class OneToKLoss(nn.Module):
     def __init__(self, k: int, *, t2i_divisor: str = "K", local_loss: bool = False, gather_with_grad: bool = False,
                  rank: int = 0, world_size: int = 1, backend: str = "auto"):
         super().__init__()
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"k must be an int, got {type(k).__name__}")
-        if k < 1:
-            raise ValueError(f"k (texts per image) must be >= 1, got {k}")
+        check_int("k", k, low=1, what=" (texts per image)")
         _check_divisor(t2i_divisor)
-        _check_world(rank, world_size)
+        _check_flags(local_loss=local_loss, gather_with_grad=gather_with_grad)
+        check_world(rank, world_size)
+        _check_backend(backend)
         self.k, self.t2i_divisor = k, t2i_divisor
         self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
         self.rank, self.world_size, self.backend = rank, world_size, backend
@@ -355,10 +319,8 @@ class OneToKLoss(nn.Module):
             loss = one_to_k_loss(image_features, texts, logit_scale, t2i_divisor=self.t2i_divisor,
                                  backend=self.backend)
             return {"contrastive_loss": loss} if output_dict else loss
-        names = ("image_features", "text_features")
-        _check_features(names, image_features, texts, (2, 3))
-        _check_batch(names, image_features, texts)
-        scale = _scale(logit_scale, image_features.device)
+        check_features(("image_features", "text_features"), image_features, texts, (2, 3))
+        scale = check_scale(logit_scale, image_features.device)
         b, K, d = texts.shape
         flat = texts.reshape(b * K, d)
         opts = dict(local_loss=self.local_loss, gather_with_grad=self.gather_with_grad, rank=self.rank,
@@ -382,6 +344,13 @@ class TripletLoss(nn.Module):
     def __init__(self, margin: float = 0.2, max_violation: bool = True, reduction: str = "sum", *,
                  backend: str = "auto"):
         super().__init__()
+        from .ops.triplet import REDUCTIONS  # noqa: PLC0415 - another op family
+
+        check_float("margin", margin)
+        _check_flags(max_violation=max_violation)
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        _check_backend(backend)
         self.margin, self.max_violation, self.reduction, self.backend = margin, max_violation, reduction, backend
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:

@@ -1,8 +1,8 @@
 """One-time conformance probe of a GPU backend on a device, against float64 torch references (cached per process).
 
-``ops`` dispatch calls :func:`probe_ok` before it lets ``backend="auto"`` use a GPU backend that the auto table has
-no measurement for on this kind of device; on failure it falls back to the next backend with a warning that quotes
-the returned reason. The probe runs the backend's host functions (the kernel contract of docs/interop.md, module
+The dispatch (``ccr_fast.ops.dispatch``) calls :func:`probe_ok` once, before it lets ``backend="auto"`` use a GPU
+backend on a device, passing the module its table names for (family, backend, device type); on failure it falls
+back to the next backend with a warning that quotes the returned reason. The probe runs the backend's host functions (the kernel contract of docs/interop.md, module
 ``ccr_fast.backends.<backend>.<family>``) once on small bf16 inputs whose shapes are not tile multiples and whose
 feature size exceeds 64, and compares every output with a float64 evaluation of the contract on the same rounded
 inputs. Nothing here synchronises more than once per (backend, family, device) and process.
@@ -140,8 +140,11 @@ _PROBES: Dict[str, Callable] = {"contrastive": _probe_contrastive, "triplet": _p
                                 "ranks": _probe_ranks, "similarity": _probe_similarity}
 
 
-def probe_ok(backend: str, family: str, device: torch.device) -> Tuple[bool, str]:
+def probe_ok(backend: str, family: str, device: torch.device, host=None) -> Tuple[bool, str]:
     """Run (once per process) the conformance probe of ``backend``'s ``family`` host functions on ``device``.
+
+    ``host``: the module holding those host functions (the dispatch table's entry; default
+    ``ccr_fast.backends.<backend>.<family>``).
 
     Returns:
         (True, "") when every output matches the float64 reference, else (False, reason).
@@ -154,7 +157,7 @@ def probe_ok(backend: str, family: str, device: torch.device) -> Tuple[bool, str
         if key in _cache:
             return _cache[key]
         try:
-            mod = _host(backend, family)
+            mod = _host(backend, family) if host is None else host
             gen = torch.Generator().manual_seed(1234)
             _PROBES[family](mod, device, gen)
             result = (True, "")

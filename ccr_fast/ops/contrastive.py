@@ -133,7 +133,7 @@ def contrastive_forward(x: Tensor, y: Tensor, scale: Tensor, row_off: int, row_d
 
     ``keep`` ([M, N] acc dtype, blas only): also store ``Z`` there for :func:`contrastive_backward`.
     """
-    fwd = dispatch.host(HOST, backend, "contrastive_forward")
+    fwd = dispatch.host(HOST, backend, "contrastive_forward", x.device)
     kw = {} if keep is None else {"keep": keep}
     return fwd(x, y, _kernel_scale(scale, x), row_off, row_div, col_off, col_div, compute_col, **kw)
 
@@ -145,7 +145,7 @@ def contrastive_backward(x: Tensor, y: Tensor, scale: Tensor, lse_row: Tensor, l
 
     ``saved`` (blas only): the raw scores kept by the forward (read only).
     """
-    bwd = dispatch.host(HOST, backend, "contrastive_backward")
+    bwd = dispatch.host(HOST, backend, "contrastive_backward", x.device)
     kw = {} if saved is None or saved.numel() == 0 else {"saved": saved}
     return bwd(x, y, _kernel_scale(scale, x), lse_row, lse_col, row_coef, col_coef, w_pos, row_off, row_div,
                col_off, col_div, **kw)
@@ -158,7 +158,7 @@ def contrastive_backward(x: Tensor, y: Tensor, scale: Tensor, lse_row: Tensor, l
 
 def _keep_shape(x: Tensor, y: Tensor, backend: str) -> Tuple[int, ...]:
     """Shape of the kept-scores buffer: [M, N] when ``backend`` keeps Z (blas on CPU, within budget), else [0]."""
-    if backend == "blas" and x.device.type == "cpu":
+    if backend == "blas" and x.device.type == "cpu" and x.dtype != torch.bfloat16:  # bf16: recomputed (faster)
         from ..backends.blas import keeps_scores  # noqa: PLC0415
 
         if keeps_scores(x.shape[0], y.shape[0], acc_dtype(x.dtype)):

@@ -4,15 +4,17 @@ For each query ``i`` and target ``t`` (a gallery index), the 0-based rank in the
 
     rank(t) = #{c : s_c > s_t} + #{c : s_c == s_t and c < t},   s_c = q_i · g_c
 
-with the target's own score computed by the same arithmetic as the others (it never outranks itself).
+on the float64 scores (docs/exactness.md: fast scores, an error band around the float64 target score, the band
+re-scored in float64; ties to the lower index).
 ``targets`` is ``[Q]`` or ``[Q, T]`` padded with −1; the best (smallest) rank over the valid targets is returned,
 −1 for a row without one. Counting needs no sort and O(Q·T) memory: the kernels stream the gallery.
 
 Contents:
     * :func:`target_ranks_torch`: the plain-torch reference (``"torch"`` backend and oracle; materialises the
       scores one block of query rows at a time);
-    * ``HOST``: ``{backend: host functions}`` (``ccr_fast.backends.<name>.ranks``, imported lazily); the ``cpu``,
-      ``blas`` and ``torch`` host functions can also return the rank of every target;
+    * ``HOST``: ``{backend: host functions}`` (``ccr_fast.backends.<name>.ranks``, imported lazily); the ``cpu``
+      and ``blas`` CPU kernels are exact in float64 themselves; other backends are made exact through their
+      similarity kernel and :func:`ccr_fast.ops.exact.exact_ranks`;
     * :func:`target_ranks_backend`: the kernel contract on a named backend;
     * the custom ops ``ccr_fast::target_ranks`` (→ ranks[Q]) and ``ccr_fast::target_ranks_all`` (→ ranks[Q],
       all_ranks[Q, T]) with fake kernels (no autograd);
@@ -25,9 +27,9 @@ from typing import Tuple, Union
 import torch
 from torch import Tensor
 
-from . import dispatch
+from . import dispatch, exact
 from ._common import acc_dtype
-from .topk import _check_pair
+from ._validate import check_pair
 
 _REFERENCE_BLOCK_ELEMS = 1 << 22  # compare-tensor elements (rows · T · G) the reference builds at once
 
@@ -58,25 +60,30 @@ def target_ranks_torch(q: Tensor, g: Tensor, targets: Tensor, return_all: bool =
 
 HOST = dispatch.host_table("ranks", {"target_ranks": target_ranks_torch})
 
-# Backends whose host function takes ``return_all`` (the others are called once per target column for it).
-_RETURN_ALL = ("cpu", "blas", "torch")
+# Backends whose CPU kernels are exact in float64 themselves (csrc/cpu/ranks.cpp, blas_retrieval.cpp: GEMM tiles,
+# band counts around the float64 target score, the band re-scored in float64) and take ``return_all``.
+_EXACT_KERNELS = ("cpu", "blas")
 
 
 def target_ranks_backend(q: Tensor, g: Tensor, targets: Tensor, *, backend: str, return_all: bool = False
                          ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-    """Kernel-contract ranks on a concrete ``backend`` (no validation); ``targets`` is [Q, T] int64.
+    """Float64-exact ranks on a concrete ``backend`` (no validation); ``targets`` is [Q, T] int64.
 
-    With ``return_all`` the GPU backends (whose contract returns only the best rank) are called once per target
-    column.
+    ``cpu``/``blas`` on CPU tensors: their fused kernels (exact in float64). Every other backend (and device):
+    the backend's similarity kernel scores row blocks and :func:`ccr_fast.ops.exact.exact_ranks` counts the rows
+    clearly above the float64 target score and re-scores the ambiguous band in float64 (docs/exactness.md).
     """
-    fn = dispatch.host(HOST, backend, "target_ranks")
-    if backend in _RETURN_ALL and (backend == "torch" or q.device.type == "cpu"):
-        return fn(q, g, targets, return_all)
-    ranks = fn(q, g, targets.contiguous())
-    if not return_all:
-        return ranks
-    all_ranks = torch.stack([fn(q, g, targets[:, t:t + 1].contiguous()) for t in range(targets.shape[1])], dim=1)
-    return ranks, all_ranks
+    if backend in _EXACT_KERNELS and q.device.type == "cpu":
+        return dispatch.host(HOST, backend, "target_ranks", q.device)(q, g, targets, return_all)
+    from . import similarity as _sim  # noqa: PLC0415 - similarity imports nothing from here
+
+    sim = dispatch.host(_sim.HOST, backend, "similarity", q.device)
+    err = exact.generic_bound(q, g, **exact.error_units(backend, q.device, q.dtype))
+    all_ranks = exact.exact_ranks(q, g, targets, lambda rows: sim(rows, g), err)
+    big = torch.iinfo(torch.int64).max
+    best = torch.where(all_ranks >= 0, all_ranks, torch.full_like(all_ranks, big)).min(dim=1).values
+    ranks = torch.where(best == big, torch.full_like(best, -1), best)
+    return (ranks, all_ranks) if return_all else ranks
 
 
 @torch.library.custom_op("ccr_fast::target_ranks", mutates_args=())
@@ -123,7 +130,7 @@ def count_target_ranks(queries: Tensor, gallery: Tensor, targets: Tensor, *, bac
         TypeError / ValueError naming the bad argument (shapes, dtypes, devices, NaN/Inf, target range);
         RuntimeError for an unavailable backend.
     """
-    _check_pair(queries, gallery)
+    check_pair(queries, gallery)
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets must be a torch.Tensor of gallery indices, got {type(targets).__name__}")
     if targets.dtype not in _INT_DTYPES:

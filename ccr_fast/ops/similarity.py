@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from . import dispatch
-from ._common import acc_dtype, check_same, check_tensor
+from ._common import acc_dtype
+from ._validate import check_pair
 
 Tensor = torch.Tensor
 
@@ -29,7 +30,7 @@ HOST = dispatch.host_table("similarity", {"similarity": similarity_torch})
 
 def similarity_backend(q: Tensor, g: Tensor, backend: str) -> Tensor:
     """Scores [Q, G] in the accumulation dtype from a concrete ``backend`` (no autograd, no validation)."""
-    return dispatch.host(HOST, backend, "similarity")(q, g)
+    return dispatch.host(HOST, backend, "similarity", q.device)(q, g)
 
 
 @torch.library.custom_op("ccr_fast::similarity", mutates_args=())
@@ -72,21 +73,8 @@ def similarity(queries: Tensor, gallery: Tensor, *, backend: str = "auto") -> Te
     Returns:
         scores [Q, G] in the (autocast) input dtype, accumulated in fp32 (fp64 for fp64).
     """
-    check_tensor("queries", queries, ndim=2)
-    check_tensor("gallery", gallery, ndim=2)
-    check_same(("queries", "gallery"), (queries, gallery), dtype=False)
-    dev = queries.device.type
-    if torch.is_autocast_enabled(dev):
-        dt = torch.get_autocast_dtype(dev)
-        queries = queries if queries.dtype == torch.float64 else queries.to(dt)
-        gallery = gallery if gallery.dtype == torch.float64 else gallery.to(dt)
-        if queries.dtype != gallery.dtype:
-            queries, gallery = queries.double(), gallery.double()
-    elif queries.dtype != gallery.dtype:
-        raise ValueError(f"gallery must have the same dtype as queries ({queries.dtype}), got {gallery.dtype}")
-    if gallery.shape[1] != queries.shape[1]:
-        raise ValueError(f"gallery must have feature size {queries.shape[1]} (that of queries), "
-                         f"got shape {tuple(gallery.shape)}")
+    check_pair(queries, gallery, finite=False, autocast_dtypes=True)
+    queries, gallery = dispatch.autocast_operands(queries, gallery)
     name = dispatch.resolve("similarity", backend, queries.device, queries.dtype,
                             work=queries.shape[0] * gallery.shape[0])
     return torch.ops.ccr_fast.similarity(queries, gallery, name)

@@ -12,8 +12,9 @@ Contents:
     * the custom op ``ccr_fast::topk`` (fake kernel; no autograd), so ``torch.compile`` sees one opaque op;
     * :func:`streaming_topk`: the validated entry point behind :func:`ccr_fast.retrieval.topk`.
 
-Dtype policy: scores are accumulated in float32 (float64 for float64 inputs; fp16/bf16 are widened to float32
-first on CPU) and returned in the input dtype by :func:`streaming_topk`; indices are int64.
+Exactness (docs/exactness.md): every backend only proposes candidates; :mod:`ccr_fast.ops.exact` re-scores them in
+float64, proves with an error bound that no other gallery row can belong to the top k, and orders them by (float64
+score desc, index asc). Scores are returned in the input dtype (the float64 scores rounded); indices are int64.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import dispatch
-from ._common import acc_dtype, check_finite, check_same, check_tensor
+from . import dispatch, exact
+from ._common import acc_dtype
+from ._validate import check_int, check_pair
 
 # Scores the reference materialises at once (elements): 4M fp32 = 16 MiB per block of query rows.
 _REFERENCE_BLOCK_ELEMS = 1 << 22
@@ -49,9 +51,43 @@ def topk_torch(q: Tensor, g: Tensor, k: int, block_size: int = 0) -> Tuple[Tenso
 HOST = dispatch.host_table("topk", {"topk": topk_torch})
 
 
+def _host_or_none(backend: str, name: str, device: torch.device):
+    try:
+        return dispatch.host(HOST, backend, name, device)
+    except (AttributeError, KeyError):
+        return None
+
+
+def candidates_backend(q: Tensor, g: Tensor, kp: int, block_size: int, *, backend: str
+                       ) -> Tuple[Tensor, Tensor, Tensor]:
+    """A backend's best ``kp`` candidates by its own scores and their error bound E(q) [Q] float64.
+
+    A host module may define ``topk_candidates(q, g, kp, block_size) -> (scores, indices, E)`` (its own scorer and
+    bound, e.g. the bf16 scorer of ``blas``; it returns None when it does not apply); otherwise its ``topk`` gives
+    the candidates and :func:`ccr_fast.ops.exact.generic_bound` the bound, with the backend's rounding model.
+    """
+    fn = _host_or_none(backend, "topk_candidates", q.device)
+    if fn is not None:
+        res = fn(q, g, int(kp), int(block_size))
+        if res is not None:
+            return res
+    s, i = dispatch.host(HOST, backend, "topk", q.device)(q, g, int(kp), int(block_size))
+    return s, i, exact.generic_bound(q, g, **exact.error_units(backend, q.device, q.dtype))
+
+
 def topk_backend(q: Tensor, g: Tensor, k: int, block_size: int, *, backend: str) -> Tuple[Tensor, Tensor]:
-    """Kernel-contract top-k on a concrete ``backend`` (no validation): scores [Q, k] acc, indices [Q, k] int64."""
-    return dispatch.host(HOST, backend, "topk")(q, g, int(k), int(block_size))
+    """Float64-exact top-k on a concrete ``backend`` (no validation): scores [Q, k] acc, indices [Q, k] int64.
+
+    The backend proposes ``k' > k`` candidates, :func:`ccr_fast.ops.exact.exact_topk` certifies them against the
+    error bound (widening ``k'`` or settling a query in float64 where it cannot) and orders them by (float64 score
+    desc, index asc). The scores returned are the float64 scores rounded to the acc dtype.
+    """
+    n_g = g.shape[0]
+    first = _host_or_none(backend, "candidate_count", q.device)
+    k_first = min(n_g, (first or (lambda k: k + max(8, k // 2)))(int(k)))
+    s64, idx = exact.exact_topk(q, g, int(k), lambda qs, kp: candidates_backend(qs, g, kp, block_size,
+                                                                                 backend=backend), k_first)
+    return s64.to(acc_dtype(q.dtype)), idx
 
 
 @torch.library.custom_op("ccr_fast::topk", mutates_args=())
@@ -67,15 +103,7 @@ def _topk_fake(q, g, k, block_size, backend):
 
 
 def _check_pair(queries, gallery) -> None:
-    check_tensor("queries", queries, ndim=2)
-    check_tensor("gallery", gallery, ndim=2)
-    check_same(("queries", "gallery"), (queries, gallery))
-    if gallery.shape[1] != queries.shape[1]:
-        raise ValueError(f"gallery must have feature size d={queries.shape[1]} like queries, got shape "
-                         f"{tuple(gallery.shape)}")
-    if not torch.compiler.is_compiling():  # a data-dependent check: skipped inside a compiled graph
-        check_finite("queries", queries)
-        check_finite("gallery", gallery)
+    check_pair(queries, gallery)
 
 
 def streaming_topk(queries: Tensor, gallery: Tensor, k: int, *, block_size: Optional[int] = None,
@@ -96,16 +124,9 @@ def streaming_topk(queries: Tensor, gallery: Tensor, k: int, *, block_size: Opti
         RuntimeError for an unavailable backend.
     """
     _check_pair(queries, gallery)
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if k < 1 or k > gallery.shape[0]:
-        raise ValueError(f"k must be in [1, G={gallery.shape[0]}] (gallery rows), got {k}")
-    if block_size is None:
-        block_size = 0
-    elif isinstance(block_size, bool) or not isinstance(block_size, int):
-        raise TypeError(f"block_size must be an int or None, got {type(block_size).__name__}")
-    elif block_size < 1:
-        raise ValueError(f"block_size must be >= 1 (or None for the default), got {block_size}")
+    check_int("k", k, low=1, high=gallery.shape[0], high_name="G", what=" (gallery rows)")
+    block_size = 0 if block_size is None else check_int("block_size", block_size, low=1,
+                                                        what=" (or None for the default)")
     name = dispatch.resolve("topk", backend, queries.device, queries.dtype, work=queries.shape[0] * gallery.shape[0])
     # top-k is not differentiable here: the op sees detached operands
     scores, indices = torch.ops.ccr_fast.topk(queries.detach(), gallery.detach(), k, block_size, name)

@@ -23,14 +23,14 @@ Memory: the kernels never materialise S (O(B·d) plus O(threads·B) on CPU); the
 """
 from __future__ import annotations
 
-import math
 from typing import Tuple
 
 import torch
 from torch import Tensor
 
 from . import dispatch
-from ._common import acc_dtype, check_same, check_tensor
+from ._common import acc_dtype
+from ._validate import check_bool, check_choice, check_features, check_float
 
 REDUCTIONS = ("sum", "mean")
 
@@ -95,14 +95,14 @@ HOST = dispatch.host_table("triplet", {"triplet_forward": triplet_forward_torch,
 def triplet_forward(a: Tensor, b: Tensor, margin: float, max_violation: bool, *, backend: str
                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Kernel-contract forward on a concrete ``backend``: row_cost, col_cost, row_idx, col_idx."""
-    fwd = dispatch.host(HOST, backend, "triplet_forward")
+    fwd = dispatch.host(HOST, backend, "triplet_forward", a.device)
     return fwd(a, b, float(margin), bool(max_violation))
 
 
 def triplet_backward(a: Tensor, b: Tensor, margin: float, max_violation: bool, row_idx: Tensor, col_idx: Tensor,
                      grad: float, *, backend: str) -> Tuple[Tensor, Tensor]:
     """Kernel-contract backward on a concrete ``backend``: da, db (acc dtype)."""
-    bwd = dispatch.host(HOST, backend, "triplet_backward")
+    bwd = dispatch.host(HOST, backend, "triplet_backward", a.device)
     return bwd(a, b, float(margin), bool(max_violation), row_idx, col_idx, float(grad))
 
 
@@ -184,21 +184,12 @@ def triplet_loss(a: Tensor, b: Tensor, *, margin: float = 0.2, max_violation: bo
     Raises:
         TypeError / ValueError naming the bad argument; RuntimeError for an unavailable backend.
     """
-    check_tensor("a", a, ndim=2)
-    check_tensor("b", b, ndim=2)
-    check_same(("a", "b"), (a, b))
-    if b.shape != a.shape:
-        raise ValueError(f"b must have the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
+    check_features(("a", "b"), a, b)
     if a.shape[0] < 2:
         raise ValueError(f"a and b need a batch of B >= 2 rows (a negative must exist), got shape {tuple(a.shape)}")
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise TypeError(f"margin must be a float, got {type(margin).__name__}")
-    if not math.isfinite(margin):
-        raise ValueError(f"margin must be finite, got {margin}")
-    if not isinstance(max_violation, bool):
-        raise TypeError(f"max_violation must be a bool, got {type(max_violation).__name__}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_float("margin", margin)
+    check_bool("max_violation", max_violation)
+    check_choice("reduction", reduction, REDUCTIONS)
     a, b = dispatch.autocast_operands(a, b)
     name = dispatch.resolve("triplet", backend, a.device, a.dtype, work=a.shape[0] * a.shape[0])
     if name == "torch":

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ccr_fast import _backend, losses, retrieval
+from ccr_fast.backends import registry
 from ccr_fast.ops import _autotable, dispatch
 from ccr_fast.ops._autotable import OP_FAMILIES, cpu_prefers_blas, op_family, preferred_cuda_backends
 
@@ -40,27 +41,27 @@ def test_op_names_map_to_families():
 
 def _passing_probe(monkeypatch):
     monkeypatch.setitem(sys.modules, "ccr_fast.backends.probe",
-                        types.SimpleNamespace(probe_ok=lambda backend, family, device: (True, "")))
+                        types.SimpleNamespace(probe_ok=lambda backend, family, device, host=None: (True, "")))
 
 
 def test_auto_on_cuda_follows_the_table_and_the_dtype(monkeypatch):
     _passing_probe(monkeypatch)
-    monkeypatch.setattr(_backend, "usable", lambda name, device: (True, ""))
+    monkeypatch.setattr(registry, "usable", lambda name, device: (True, ""))
     assert dispatch.resolve("topk", "auto", CUDA, torch.float16) == "blas"
     assert dispatch.resolve("topk", "auto", CUDA, torch.float64) == "torch"
     assert dispatch.resolve("topk", "auto", CUDA, torch.float32, supported=("triton", "torch")) == "triton"
-    monkeypatch.setattr(_backend, "usable", lambda name, device: (name in ("triton", "cuda", "torch"), ""))
+    monkeypatch.setattr(registry, "usable", lambda name, device: (name in ("triton", "cuda", "torch"), ""))
     assert dispatch.resolve("contrastive", "auto", CUDA, torch.bfloat16) == "triton"  # never the SIMT "cuda"
-    monkeypatch.setattr(_backend, "usable", lambda name, device: (name in ("cuda", "torch"), ""))
+    monkeypatch.setattr(registry, "usable", lambda name, device: (name in ("cuda", "torch"), ""))
     assert dispatch.resolve("contrastive", "auto", CUDA, torch.bfloat16) == "torch"
     assert dispatch.resolve("contrastive", "cuda", CUDA, torch.bfloat16) == "cuda"  # by name it stays available
 
 
 def test_auto_on_cuda_skips_a_backend_that_fails_its_probe(monkeypatch):
-    monkeypatch.setattr(_backend, "usable", lambda name, device: (True, ""))
+    monkeypatch.setattr(registry, "usable", lambda name, device: (True, ""))
     calls = []
 
-    def probe_ok(backend, family, device):
+    def probe_ok(backend, family, device, host=None):
         calls.append((backend, family))
         return (backend != "blas", "wrong lse on the probe shapes" if backend == "blas" else "")
 
@@ -79,7 +80,7 @@ def test_named_backends_and_dtype_errors(monkeypatch):
         dispatch.resolve("topk", "cuda", CPU, torch.float32)
     assert dispatch.resolve("topk", "blas", CPU, torch.float64) == "blas"
     assert dispatch.resolve("topk", "cpu", CPU, torch.float64) == "cpu"
-    monkeypatch.setattr(_backend, "usable", lambda name, device: (True, ""))
+    monkeypatch.setattr(registry, "usable", lambda name, device: (True, ""))
     with pytest.raises(RuntimeError, match="does not take float64"):
         dispatch.resolve("topk", "triton", CUDA, torch.float64)
     with pytest.raises(RuntimeError, match="does not take float64"):
@@ -91,9 +92,9 @@ def test_auto_on_cpu_picks_by_size(monkeypatch):
     assert not cpu_prefers_blas("topk", torch.float32, 999) and cpu_prefers_blas("topk", torch.float32, 1000)
     assert dispatch.resolve("topk", "auto", CPU, torch.float32, work=10) == "cpu"
     assert dispatch.resolve("topk", "auto", CPU, torch.float32, work=10**6) == "blas"
-    monkeypatch.setattr(_backend, "usable", lambda name, device: (name != "blas", ""))
+    monkeypatch.setattr(registry, "usable", lambda name, device: (name != "blas", ""))
     assert dispatch.resolve("topk", "auto", CPU, torch.float32, work=10**6) == "cpu"
-    monkeypatch.setattr(_backend, "usable", lambda name, device: (name == "torch", ""))
+    monkeypatch.setattr(registry, "usable", lambda name, device: (name == "torch", ""))
     assert dispatch.resolve("topk", "auto", CPU, torch.float32, work=10**6) == "torch"
 
 

@@ -1,15 +1,16 @@
 """``"blas"`` target-rank host function (docs/interop.md, "ranks"): GEMM tiles + fused counting against an
 error-bounded estimate of each target score, exact for the GEMM's own scores (csrc/cpu/blas_retrieval.cpp).
-CUDA tensors go to ``ccr_fast.backends.blas.gpu``."""
+CPU tensors only; the CUDA host functions are
+``ccr_fast.backends.blas.gpu`` (a separate entry of the dispatch table)."""
 from __future__ import annotations
 
 from typing import Tuple, Union
 
 import torch
 
-from ..._backend import DTYPE_CODES, extension
-from ..cpu._util import cpu_pair
-from . import _gemm, gpu_function
+from .._operands import cpu_pair
+from ..registry import DTYPE_CODES, extension
+from . import _gemm
 
 Tensor = torch.Tensor
 
@@ -17,9 +18,6 @@ Tensor = torch.Tensor
 def target_ranks(q: Tensor, g: Tensor, targets: Tensor, return_all: bool = False, num_splits: int = 0
                  ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """ranks [Q] int64 (best over the valid targets; −1 without one), and all_ranks [Q, T] with ``return_all``."""
-    if q.device.type == "cuda":
-        fn = gpu_function("target_ranks")
-        return fn(q, g, targets, return_all=True) if return_all else fn(q, g, targets)
     _gemm.ensure()
     q, g = cpu_pair(q, g)
     targets = targets.to(torch.int64).contiguous()

@@ -1,20 +1,19 @@
 """``"blas"`` similarity host function (docs/interop.md, "similarity"): the GEMM in tiles over the OpenMP threads.
-CUDA tensors go to ``ccr_fast.backends.blas.gpu``."""
+CPU tensors only; the CUDA host functions are
+``ccr_fast.backends.blas.gpu`` (a separate entry of the dispatch table)."""
 from __future__ import annotations
 
 import torch
 
-from ..._backend import DTYPE_CODES, extension
-from ..cpu._util import cpu_pair
-from . import _gemm, gpu_function
+from .._operands import cpu_pair
+from ..registry import DTYPE_CODES, extension
+from . import _gemm
 
 Tensor = torch.Tensor
 
 
 def similarity(q: Tensor, g: Tensor) -> Tensor:
     """scores [Q, G] (acc dtype) = q gᵀ."""
-    if q.device.type == "cuda":
-        return gpu_function("similarity")(q, g)
     _gemm.ensure()
     q, g = cpu_pair(q, g)
     out = torch.empty(q.shape[0], g.shape[0], dtype=q.dtype)

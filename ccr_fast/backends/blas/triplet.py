@@ -2,7 +2,8 @@
 
 Forward: GEMM tiles of ``S = b aᵀ`` + fused hardest negative per row and per column (or hinge sums), csrc/cpu/
 blas_retrieval.cpp. Backward: the ``"cpu"`` kernel (max-violation needs O(B·d) work from the saved indices, no
-GEMM; the sum mode recomputes its active hinges there). CUDA tensors go to ``ccr_fast.backends.blas.gpu``.
+GEMM; the sum mode recomputes its active hinges there). CPU tensors only; the CUDA host functions are
+``ccr_fast.backends.blas.gpu`` (a separate entry of the dispatch table).
 """
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from typing import Tuple
 
 import torch
 
-from ..._backend import DTYPE_CODES, extension
+from .._operands import cpu_pair
+from ..registry import DTYPE_CODES, extension
 from ..cpu import triplet as _cpu
-from ..cpu._util import cpu_pair
-from . import _gemm, gpu_function
+from . import _gemm
 
 Tensor = torch.Tensor
 
@@ -21,8 +22,6 @@ Tensor = torch.Tensor
 def triplet_forward(a: Tensor, b: Tensor, margin: float, max_violation: bool
                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """row_cost [B], col_cost [B] (acc dtype), row_idx [B], col_idx [B] int64 (−1 in sum mode)."""
-    if a.device.type == "cuda":
-        return gpu_function("triplet_forward")(a, b, margin, max_violation)
     _gemm.ensure()
     a, b = cpu_pair(a, b)
     n, d = a.shape
@@ -38,6 +37,4 @@ def triplet_forward(a: Tensor, b: Tensor, margin: float, max_violation: bool
 def triplet_backward(a: Tensor, b: Tensor, margin: float, max_violation: bool, row_idx: Tensor,
                      col_idx: Tensor, grad: float) -> Tuple[Tensor, Tensor]:
     """da [B, d], db [B, d] (acc dtype) of ``grad · Σ(row_cost + col_cost)``."""
-    if a.device.type == "cuda":
-        return gpu_function("triplet_backward")(a, b, margin, max_violation, row_idx, col_idx, grad)
     return _cpu.triplet_backward(a, b, margin, max_violation, row_idx, col_idx, grad)

@@ -5,7 +5,7 @@ from typing import Tuple
 
 import torch
 
-from ..._backend import DTYPE_CODES, extension
+from ..registry import DTYPE_CODES, extension
 from ._util import cpu_pair
 
 Tensor = torch.Tensor

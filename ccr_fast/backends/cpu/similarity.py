@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._backend import DTYPE_CODES, extension
+from ..registry import DTYPE_CODES, extension
 from ._util import cpu_pair
 
 Tensor = torch.Tensor

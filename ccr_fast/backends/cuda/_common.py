@@ -5,8 +5,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..._backend import extension
-from ...ops._common import rows_contiguous
+from .._operands import rows_contiguous
+from ..registry import extension
 
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

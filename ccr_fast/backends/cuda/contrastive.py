@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._backend import DTYPE_CODES
+from ..registry import DTYPE_CODES
 from ._common import ext, pair, vector, scale_operand, int_arg, ld, workspace, stream
 
 
