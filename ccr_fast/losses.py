@@ -1,9 +1,10 @@
 """Public contrastive / ranking losses (api contract: ``ccr_fast.losses``). Thin, documented, validated;
 the numerics live in :mod:`ccr_fast.ops`.
 
-Functional: :func:`clip_loss`, :func:`one_to_k_loss`, :func:`triplet_loss`, :func:`similarity_distillation_loss`.
+Functional: :func:`clip_loss`, :func:`one_to_k_loss`, :func:`triplet_loss`, :func:`similarity_distillation_loss`,
+:func:`sigmoid_loss` (SigLIP).
 Modules (drop-in): :class:`ClipLoss` (open_clip's constructor and values, incl. the distributed modes),
-:class:`OneToKLoss`, :class:`TripletLoss`.
+:class:`OneToKLoss`, :class:`TripletLoss`, :class:`SigLipLoss` (open_clip's, incl. its exchange modes).
 
 Conventions: features are ``[B, d]`` (texts of the 1-to-K loss ``[B, K, d]``, image-major), already
 L2-normalised; ``logit_scale`` is the multiplier (``= 1/τ``), a float or a 0-dim tensor whose gradient is returned
@@ -27,7 +28,7 @@ Tensor = torch.Tensor
 Scale = Union[float, Tensor]
 
 __all__ = ["clip_loss", "one_to_k_loss", "triplet_loss", "similarity_distillation_loss", "ClipLoss", "OneToKLoss",
-           "TripletLoss"]
+           "TripletLoss", "sigmoid_loss", "SigLipLoss"]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Validation (the shared checks of ccr_fast.ops._validate, plus the 1-to-K text layout)
@@ -357,3 +358,188 @@ class TripletLoss(nn.Module):
         """a [B, d], b [B, d] → 0-dim float32 loss."""
         return triplet_loss(a, b, margin=self.margin, max_violation=self.max_violation, reduction=self.reduction,
                             backend=self.backend)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sigmoid (SigLIP) loss
+# ---------------------------------------------------------------------------------------------------------------
+
+SIGLIP_EXCHANGES = ("bidir", "shift", "reduce", "gather")
+
+
+def _sigmoid_inputs(image_features: Tensor, text_features: Tensor, logit_scale: Scale, logit_bias) \
+        -> Tuple[Tensor, int, Tensor, Tensor]:
+    """Validated (texts as [B·K, d], K, scale, bias) of a sigmoid loss; ``logit_bias=None`` means no bias."""
+    check_tensor("image_features", image_features, ndim=2, nonempty=False)
+    check_tensor("text_features", text_features, nonempty=False)
+    if text_features.dim() not in (2, 3):
+        raise ValueError(f"text_features must be a [B, d] or [B, K, d] tensor, got shape {tuple(text_features.shape)}")
+    if text_features.dim() == 3 and text_features.shape[1] < 1:
+        raise ValueError(f"text_features must have K >= 1 texts per image, got shape {tuple(text_features.shape)}")
+    check_features(("image_features", "text_features"), image_features, text_features, (2, text_features.dim()))
+    K = text_features.shape[1] if text_features.dim() == 3 else 1
+    dev = image_features.device
+    scale = check_scale(logit_scale, dev)
+    bias = check_scale(0.0 if logit_bias is None else logit_bias, dev, name="logit_bias")
+    return text_features.reshape(-1, text_features.shape[-1]), K, scale, bias
+
+
+def sigmoid_loss(image_features: Tensor, text_features: Tensor, logit_scale: Scale, logit_bias: Optional[Scale], *,
+                 backend: str = "auto") -> Tensor:
+    """SigLIP pairwise sigmoid loss ``L = −Σ logsigmoid(label · Z) / B`` with ``Z = logit_scale · I Tᵀ + logit_bias``.
+
+    Labels are +1 for an image's own text(s) and −1 for every other pair; with ``[B, K, d]`` texts (image-major,
+    text ``i·K + k`` belongs to image ``i``) every image has K positives among the B·K texts. The B×BK matrix is
+    never materialised: fused kernels (:mod:`ccr_fast.ops.sigmoid`), O(B·d) memory.
+
+    Args:
+        image_features: [B, d]. text_features: [B, d] or [B, K, d], same device (and dtype, outside autocast).
+        logit_scale: the multiplier (float or 0-dim tensor). logit_bias: the offset (float, 0-dim tensor or None).
+        backend: "auto", "blas", "triton", "cpu" or "torch".
+
+    Returns:
+        0-dim float32 loss (float64 for float64 inputs); open_clip ``SigLipLoss`` value at world size 1.
+        Gradients flow to both features, ``logit_scale`` and ``logit_bias``.
+    """
+    from .ops.sigmoid import sigmoid_loss_op  # noqa: PLC0415 - another op family
+
+    _check_backend(backend)
+    texts, K, scale, bias = _sigmoid_inputs(image_features, text_features, logit_scale, logit_bias)
+    return sigmoid_loss_op(image_features, texts, scale, bias, k=K, weight=1.0 / image_features.shape[0],
+                           backend=backend)
+
+
+def _p2p(sends, recv_from, like: Tensor):
+    """One batch of point-to-point transfers: ``sends`` [(dst rank, tensor)], receive one ``like``-shaped tensor
+    from each rank of ``recv_from`` (returned in that order)."""
+    outs = [torch.empty_like(like, memory_format=torch.contiguous_format) for _ in recv_from]
+    ops = [dist.P2POp(dist.irecv, buf, src) for buf, src in zip(outs, recv_from)]
+    ops += [dist.P2POp(dist.isend, t.contiguous(), dst) for dst, t in sends]
+    for req in dist.batch_isend_irecv(ops):
+        req.wait()
+    return outs
+
+
+class _ShiftRight(torch.autograd.Function):
+    """Send ``t`` to the right neighbour, receive the left neighbour's; the gradient travels back the other way."""
+
+    @staticmethod
+    def forward(ctx, left: int, right: int, t: Tensor) -> Tensor:
+        ctx.left, ctx.right = left, right
+        return _p2p([(right, t)], [left], t)[0]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return None, None, _p2p([(ctx.left, grad)], [ctx.right], grad)[0]
+
+
+class _ExchangeBoth(torch.autograd.Function):
+    """Send ``to_left`` left and ``to_right`` right; return (from the right, from the left)."""
+
+    @staticmethod
+    def forward(ctx, left: int, right: int, to_left: Tensor, to_right: Tensor):
+        ctx.left, ctx.right = left, right
+        from_right, from_left = _p2p([(left, to_left), (right, to_right)], [right, left], to_left)
+        return from_right, from_left
+
+    @staticmethod
+    def backward(ctx, g_from_right: Tensor, g_from_left: Tensor):
+        g_to_left, g_to_right = _p2p([(ctx.right, g_from_right), (ctx.left, g_from_left)], [ctx.left, ctx.right],
+                                     g_from_right)
+        return None, None, g_to_left, g_to_right
+
+
+class SigLipLoss(nn.Module):
+    """Drop-in for ``open_clip.loss.SigLipLoss`` (same constructor, ``forward`` and values) on the fused kernels.
+
+    With ``world_size > 1`` every rank computes the loss of its local images against its own texts (positives on
+    the diagonal) plus all other ranks' texts as negatives, exchanged through ``torch.distributed`` with gradients
+    as in open_clip: ``dist_impl`` ``"bidir"`` (default; both ring neighbours at once), ``"shift"`` (ring),
+    ``"reduce"`` (one all-reduce per rank) or ``"gather"`` (one all-gather). Each rank's loss is divided by its
+    local batch, so the mean over ranks equals the single-process loss on the whole batch. The received blocks
+    go through one fused kernel call (all labels −1). Every rank must pass the same local batch size.
+
+    Args:
+        cache_labels, rank, world_size, dist_impl: as open_clip (labels are never materialised, so
+            ``cache_labels`` has no effect). backend: kernel backend (keyword only).
+    """
+
+    def __init__(self, cache_labels: bool = False, rank: int = 0, world_size: int = 1,
+                 dist_impl: Optional[str] = None, *, backend: str = "auto"):
+        super().__init__()
+        _check_flags(cache_labels=cache_labels)
+        check_world(rank, world_size)
+        _check_backend(backend)
+        impl = dist_impl or "bidir"
+        if impl not in SIGLIP_EXCHANGES:
+            raise ValueError(f"dist_impl must be one of {SIGLIP_EXCHANGES} or None, got {dist_impl!r}")
+        self.cache_labels, self.rank, self.world_size, self.dist_impl = cache_labels, rank, world_size, impl
+        self.backend = backend
+        self.prev_num_logits = 0
+        self.labels = {}
+
+    def get_ground_truth(self, device, dtype, num_logits: int, negative_only: bool = False) -> Tensor:
+        """open_clip-compatible dense labels (+1 diagonal, −1 elsewhere; for inspection, not used by forward)."""
+        labels = -torch.ones((num_logits, num_logits), device=device, dtype=dtype)
+        if not negative_only:
+            labels = labels + 2 * torch.eye(num_logits, device=device, dtype=dtype)
+        return labels
+
+    def get_logits(self, image_features: Tensor, text_features: Tensor, logit_scale: Scale,
+                   logit_bias: Optional[Scale] = None) -> Tensor:
+        """open_clip-compatible dense logits (materialises them; for inspection, not used by forward)."""
+        logits = logit_scale * image_features @ text_features.T
+        return logits if logit_bias is None else logits + logit_bias
+
+    def _other_texts(self, texts: Tensor):
+        """The texts of every other rank (a list of [b·K, d] tensors, with gradient), by ``dist_impl``."""
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(f"world_size={self.world_size} needs an initialised torch.distributed process group")
+        if dist.get_world_size() != self.world_size:
+            raise ValueError(f"world_size={self.world_size} does not match torch.distributed "
+                             f"({dist.get_world_size()})")
+        W, r = self.world_size, self.rank
+        right, left = (r + 1) % W, (r - 1 + W) % W
+        if self.dist_impl == "gather":
+            from torch.distributed.nn.functional import all_gather  # noqa: PLC0415
+
+            gathered = all_gather(texts)
+            return [t for i, t in enumerate(gathered) if i != r]
+        if self.dist_impl == "reduce":
+            from torch.distributed.nn.functional import all_reduce  # noqa: PLC0415
+
+            blocks = [all_reduce(texts * float(r == i)) for i in range(W)]
+            return [t for i, t in enumerate(blocks) if i != r]
+        out = []
+        if self.dist_impl == "shift":
+            t = texts
+            for _ in range(W - 1):
+                t = _ShiftRight.apply(left, right, t)
+                out.append(t)
+            return out
+        to_left = to_right = texts  # bidir
+        pairs, odd = divmod(W - 1, 2)
+        for _ in range(pairs):
+            from_right, from_left = _ExchangeBoth.apply(left, right, to_left, to_right)
+            out += [from_right, from_left]
+            to_left, to_right = from_right, from_left
+        if odd:
+            out.append(_ShiftRight.apply(left, right, to_right))
+        return out
+
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Scale,
+                logit_bias: Optional[Scale], output_dict: bool = False) -> Union[Tensor, dict]:
+        """image_features [b, d], text_features [b, d] (or [b, K, d]); 0-dim float32 loss (or a dict)."""
+        if self.world_size == 1:
+            loss = sigmoid_loss(image_features, text_features, logit_scale, logit_bias, backend=self.backend)
+            return {"contrastive_loss": loss} if output_dict else loss
+        from .ops.sigmoid import sigmoid_loss_op  # noqa: PLC0415 - another op family
+
+        texts, K, scale, bias = _sigmoid_inputs(image_features, text_features, logit_scale, logit_bias)
+        w = 1.0 / image_features.shape[0]
+        loss = sigmoid_loss_op(image_features, texts, scale, bias, k=K, weight=w, backend=self.backend)
+        others = self._other_texts(texts)
+        if others:
+            loss = loss + sigmoid_loss_op(image_features, torch.cat(others, dim=0), scale, bias, k=K,
+                                          positives=False, weight=w, backend=self.backend)
+        return {"contrastive_loss": loss} if output_dict else loss

@@ -72,6 +72,7 @@ CPU_BLAS_MIN_WORK: Dict[str, int] = {
     "topk": 4_000_000,
     "ranks": 1_000_000,
     "similarity": 1_000_000,
+    "sigmoid": 512 * 512,  # sigmoid (SigLIP) loss: blas measured faster from B=512 (ccr_fast.bench.sigmoid)
 }
 
 

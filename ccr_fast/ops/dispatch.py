@@ -59,6 +59,7 @@ FAMILIES: Dict[str, Tuple[str, ...]] = {
     "topk": ("cpu", "blas", "cuda", "triton"),
     "ranks": ("cpu", "blas", "cuda", "triton"),
     "similarity": ("cpu", "blas", "cuda", "triton"),
+    "sigmoid": ("cpu", "blas/cpu", "triton"),  # blas on CUDA: ccr_fast.backends.blas.sigmoid_gpu (TABLE below)
 }
 
 # (backend, device type) -> module of that backend's host functions ("{family}" is filled in).
@@ -87,6 +88,7 @@ TABLE: Dict[Tuple[str, str, str], str] = {}
 for _family, _backends in FAMILIES.items():
     TABLE.update(_entries(_family, _backends))
 del _family, _backends
+TABLE[("sigmoid", "blas", "cuda")] = "ccr_fast.backends.blas.sigmoid_gpu"
 
 HostEntry = Union[str, Dict[str, object]]
 
