@@ -221,8 +221,8 @@ class FilesConfig:
     jsonl (IGLUE / CCR^k): ``jsonl_captions[split]`` per language, ``features`` an ``.npy`` (with ``.ids.txt``) or a
     BigFile folder; ``jsonl_mt[split]`` (optional) the MT of each language's file into the source language.
     ``mt_stand_in``: where the MT (or back-translation) file of the training split is missing, use the human
-    target caption (or the source caption) of the same item instead — off by default, so a missing file is an
-    error naming it.
+    target caption (or the source caption) of the same item instead — caption ``j mod n`` of its ``n`` target
+    captions for source caption ``j`` — off by default, so a missing file is an error naming it.
     """
 
     layout: str = "auto"

@@ -82,8 +82,25 @@ def _need_translation(data: CCRData, tag: str, arg: str) -> None:
                          + "; set files.mt_stand_in=true to use the documented stand-in instead")
 
 
+class CycledCaptions:
+    """A stand-in aligned with the source captions: caption ``j`` of item ``i`` is caption ``j mod n_i`` of
+    ``captions`` (``n_i`` = that item's count there), for items with more source captions than stand-ins."""
+
+    def __init__(self, captions, counts: np.ndarray):
+        self.captions, self.n = captions, np.asarray(counts, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.n.size)
+
+    def get(self, i: int, j: int) -> str:
+        return _get(self.captions, i, j % int(self.n[i]))
+
+
 def _translation_or_stand_in(data: CCRData, src: str, tgt: str, tag: str, stand_in: bool, fallback):
-    """``data.translations[tag]``, or with ``stand_in`` the aligned ``fallback`` captions (same counts per item)."""
+    """``data.translations[tag]``, or with ``stand_in`` the ``fallback`` captions aligned with the source captions:
+    the same position, cycling (``j mod n``) where an item has fewer fallback captions than source captions (the
+    shipped ``train_captions="all"`` data has up to 6 en captions and 1 fr caption per image). An item with source
+    captions but no fallback caption is a ValueError naming it."""
     if tag in data.translations or not stand_in:
         _need_translation(data, tag, "tgt")
         return data.translations[tag]
@@ -91,11 +108,11 @@ def _translation_or_stand_in(data: CCRData, src: str, tgt: str, tag: str, stand_
         raise ValueError(f"files.mt_stand_in: {data.name!r} has neither translations {tag!r} nor {tgt!r} captions "
                          "to stand in for them")
     a, b = caption_counts(data.captions[src]), caption_counts(fallback)
-    bad = np.flatnonzero(a != b)
+    bad = np.flatnonzero((a > 0) & (b == 0))
     if bad.size:
         raise ValueError(f"files.mt_stand_in: {data.name!r} item {data.visual_ids[bad[0]]!r} has {a[bad[0]]} {src!r} "
-                         f"captions but {b[bad[0]]} stand-in captions for {tag!r}")
-    return fallback
+                         f"captions but no {tgt!r} caption to stand in for {tag!r}")
+    return fallback if np.array_equal(a, b) else CycledCaptions(fallback, b)
 
 
 def _langs(data: CCRData, langs) -> list:
@@ -163,8 +180,8 @@ class NRCCRDataset(_Base):
     ``src`` is the human source caption, ``tgt`` = ``translations["<src>2<tgt>"]`` (MT of it) and ``back`` =
     ``translations["<src>2<tgt>2<src>"]`` (its back-translation), aligned 1:1. A missing tag is a ValueError naming
     it. ``stand_in=True`` (``files.mt_stand_in``) instead uses, for a missing MT tag, the human ``tgt`` caption at
-    the same position and, for a missing back-translation, the source caption itself (items whose ``tgt``
-    captions do not line up with the source captions are then an error).
+    the same position (cycling when the item has fewer ``tgt`` captions; an item without any is an error) and,
+    for a missing back-translation, the source caption itself.
     """
 
     def __init__(self, data: CCRData, src: str = "en", tgt: str = "de", stand_in: bool = False):
