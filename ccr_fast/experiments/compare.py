@@ -414,9 +414,10 @@ def write_fold_docs(saved: dict, doc: Path, readme: Path = None) -> None:
 
 
 def validation_view(saved: dict) -> dict:
-    """The records reduced to what selection may read: row, fold and validation mean SumR (no test numbers)."""
+    """The records reduced to what selection may read: row, fold and validation mean SumR (no test numbers); a row
+    that copies another (``same_as``, e.g. the default) is left out, so the winner is named by its recipe."""
     return {"records": [{"row": r["row"], "fold": r["fold"], "val": {"mean_sumr": r["val"]["mean_sumr"]}}
-                        for r in saved["records"]]}
+                        for r in saved["records"] if not r.get("same_as")]}
 
 
 def load_text_states(path: Path) -> int:
@@ -452,8 +453,6 @@ def save_text_states(path: Path) -> int:
 
 def run_folds(args, rows: List[str]) -> dict:
     import torch
-
-    from .select import RULE, select_default
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -498,10 +497,17 @@ def run_folds(args, rows: List[str]) -> dict:
             out.write_text(json.dumps(saved, indent=1))
     order = {k: i for i, k in enumerate(list(fold_rows()) + list(DERIVED))}
     saved["records"].sort(key=lambda r: (order.get(r["row"], len(order)), r["fold"]))
-    saved["selection"] = select_default(validation_view(saved), n_folds=args.folds)
-    saved["selection"]["rule"] = RULE
+    apply_selection(saved, args.folds)
     out.write_text(json.dumps(saved, indent=1))
     return saved
+
+
+def apply_selection(saved: dict, n_folds: int) -> dict:
+    """``saved["selection"]``: the frozen rule (:mod:`.select`) over :func:`validation_view` of the records."""
+    from . import select
+
+    saved["selection"] = dict(select.select_default(validation_view(saved), n_folds=n_folds), rule=select.RULE)
+    return saved["selection"]
 
 
 
@@ -515,6 +521,8 @@ def main_folds(args) -> int:
         args.out = str(_repo_root() / "docs" / "results_folds.json")
     if args.from_json:
         saved = json.loads(Path(args.out).read_text())
+        apply_selection(saved, args.folds)
+        Path(args.out).write_text(json.dumps(saved, indent=1))
     else:
         known = list(fold_rows()) + list(DERIVED)
         rows = [r for r in (args.rows_folds or ",".join(known)).split(",") if r]

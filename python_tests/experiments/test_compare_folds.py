@@ -116,3 +116,56 @@ def test_paired_ci_edge_cases():
     assert compare.paired_ci([0.0, 2.0]) == pytest.approx((1.0, 12.706 * math.sqrt(2) / math.sqrt(2)))
     with pytest.raises(ValueError):
         compare.paired_ci([1.0])
+
+
+def test_run_folds_resumes_aliases_and_selects_on_validation(tmp_path, monkeypatch):
+    """The fold driver without training: fake runs; the default copies its twin, derived rows use the base's
+    checkpoint, a rerun trains nothing, and the selection sees validation numbers only."""
+    import argparse
+
+    calls = []
+
+    def fake_row(key, fold, out_dir):
+        calls.append((key, fold))
+        val = {"linear_qb": 100.0, "ccrk_a": 101.0 + fold}.get(key, 90.0)
+        return ({"row": key, "fold": fold, "overrides": compare.fold_rows()[key][1], "wall_seconds": 1.0,
+                 "cpu_seconds": 1.0, "val": {"mean_sumr": val, "choice": {}}, "history": [],
+                 "test": {"per_language": {}, "mean": {"sumr": 1000.0 - val}}}, f"ckpt-{key}-{fold}")
+
+    def fake_derived(key, fold, checkpoint):
+        calls.append((key, fold, checkpoint))
+        return {"row": key, "fold": fold, "overrides": {"from": compare.DERIVED[key][1]}, "wall_seconds": 0.0,
+                "cpu_seconds": 0.0, "val": {"mean_sumr": 50.0, "choice": {}}, "history": [],
+                "test": {"per_language": {}, "mean": {"sumr": 5.0}}}
+
+    monkeypatch.setattr(compare, "CANDIDATES", {"ccrk_a": ("a", {"method": "ccrk"})})
+    monkeypatch.setattr(compare, "run_fold_row", fake_row)
+    monkeypatch.setattr(compare, "run_derived", fake_derived)
+    monkeypatch.setattr(compare, "same_recipe", lambda row: "ccrk_a" if row == "default" else "")
+    monkeypatch.setattr(compare, "save_text_states", lambda path: 0)
+    seen = []
+    compare_select = __import__("ccr_fast.experiments.select", fromlist=["x"])
+    orig = compare_select.select_default
+
+    def spy(saved, n_folds=5):
+        seen.append(json.dumps(saved))
+        return orig(saved, n_folds)
+
+    monkeypatch.setattr(compare_select, "select_default", spy)  # apply_selection reads it from the module
+    out = tmp_path / "folds.json"
+    args = argparse.Namespace(out=str(out), fresh=False, argv=["--folds", "5"], folds=5, threads=1,
+                              work=str(tmp_path / "work"))
+    rows = ["linear_qb", "default", "ccrk_a", "default_plain"]
+    (tmp_path / "work").mkdir()
+    saved = compare.run_folds(args, rows)
+    assert [c for c in calls if len(c) == 2] == [(k, f) for f in range(5) for k in ("linear_qb", "ccrk_a")]
+    assert [c for c in calls if len(c) == 3] == [("default_plain", f, f"ckpt-ccrk_a-{f}") for f in range(5)]
+    by = {(r["row"], r["fold"]): r for r in saved["records"]}
+    assert by[("default", 3)]["same_as"] == "ccrk_a" and by[("default", 3)]["val"]["mean_sumr"] == 104.0
+    assert saved["selection"]["winner"] == "ccrk_a" and saved["selection"]["val_means"]["ccrk_a"] == 103.0
+    assert "default" not in saved["selection"]["val_means"]  # a copy, not a recipe of its own
+    assert seen and all("test" not in s for s in seen)
+    calls.clear()
+    compare.run_folds(args, rows)  # resumed: nothing to train
+    assert calls == []
+    assert json.loads(out.read_text())["selection"] == saved["selection"]
