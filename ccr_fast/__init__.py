@@ -1,7 +1,8 @@
 """ccr_fast: fused kernels and training/evaluation for cross-lingual cross-modal retrieval.
 
 Public modules: :mod:`ccr_fast.losses`, :mod:`ccr_fast.retrieval`, :mod:`ccr_fast.metrics`; entry points
-:func:`train` and :func:`evaluate`; :func:`backends` reports the compiled/usable kernel backends.
+:func:`train` and :func:`evaluate`; :func:`load` (a checkpoint as a :class:`Retriever`) and the exact
+:class:`Index`; :func:`backends` reports the compiled/usable kernel backends.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ __version__ = "0.1.0"
 
 from ._backend import backends  # noqa: E402
 from . import losses, metrics, retrieval  # noqa: E402,F401
+from .inference import Index, Retriever, load  # noqa: E402,F401
 
 
 def train(config=None, **overrides):
@@ -25,4 +27,5 @@ def evaluate(checkpoint, data=None, **overrides):
     return _evaluate(checkpoint, data=data, **overrides)
 
 
-__all__ = ["backends", "losses", "metrics", "retrieval", "train", "evaluate", "__version__"]
+__all__ = ["backends", "losses", "metrics", "retrieval", "train", "evaluate", "load", "Index", "Retriever",
+           "__version__"]

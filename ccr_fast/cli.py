@@ -1,10 +1,15 @@
-"""Command line: ``python -m ccr_fast train|eval|bench|compare|gpu-check ...`` (also the ``ccr-fast`` console script).
+"""Command line: ``python -m ccr_fast train|eval|extract|index|search|bench|compare|gpu-check ...`` (also the
+``ccr-fast`` console script).
 
 * ``train [--config NAME|FILE] [key=value ...]`` — dotted overrides (``optim.lr=1e-4 epochs=3 languages=[en,de]``);
   with neither a config nor overrides it trains the built-in default on the shipped data.
 * ``eval CHECKPOINT [key=value ...]`` — test metrics of a checkpoint (or run) folder, as JSON.
 * ``extract VISUAL_ENCODER IMAGES OUT`` — vision-tower features of a folder / CSV of images as ``OUT`` (``.npy``) +
   ``.ids.txt`` (``ccr_fast.extract_features``; resumes after a kill).
+* ``index CHECKPOINT (--features X.npy | --images FOLDER) --out FOLDER [--append]`` — a search index of a gallery
+  (ids from ``X.ids.txt`` or the image file stems), batched, with a progress bar; prints a JSON summary.
+* ``search INDEX "query" [--lang de] [--k 10] [--queries FILE]`` — one JSON line ``{"id", "score", "rank",
+  "query"}`` per hit (rank 1 = best), ranked as ``eval`` ranks (:mod:`ccr_fast.inference`).
 * ``bench ...`` — forwards the rest of the arguments to ``ccr_fast.bench.main(argv)``.
 * ``compare ...`` — forwards to ``ccr_fast.experiments.compare.main(argv)`` (the method comparison / claim tests).
 * ``gpu-check ...`` — forwards to ``ccr_fast.gpu_check.main(argv)`` (``--compile-only`` needs no GPU).
@@ -64,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .inference.extract import add_arguments as _extract_arguments
 
     _extract_arguments(x)
+    from .inference.retriever import add_index_arguments, add_search_arguments
+
+    add_index_arguments(sub.add_parser("index", parents=[common],
+                                       help="encode a gallery with a trained checkpoint into a search index folder"))
+    add_search_arguments(sub.add_parser("search", parents=[common],
+                                        help="search an index: one JSON line {id, score, rank} per hit"))
     for name, module in FORWARDED.items():
         f = sub.add_parser(name, help=f"forwarded to {module}.main (try `{name} --help`)")
         f.add_argument("args", nargs=argparse.REMAINDER)
@@ -96,6 +107,15 @@ def _run(args) -> int:
         from .inference.extract import run as run_extract
 
         print(run_extract(args))
+        return 0
+    if args.command in ("index", "search"):
+        from .inference import retriever
+
+        if args.command == "index":
+            print(json.dumps(retriever.run_index(args)))
+        else:
+            for hit in retriever.run_search(args):
+                print(json.dumps(hit, ensure_ascii=False))
         return 0
     overrides = parse_overrides(args.overrides)
     if args.command == "train":

@@ -178,11 +178,18 @@ class Method(nn.Module):
     def embed_visual(self, visual: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def ranking_encoders(self):
+        """``(encode_text, encode_visual)`` whose inner products are this method's ranking scores: what
+        :meth:`score` ranks and what a search index (:mod:`ccr_fast.inference`) holds. Default: the plain
+        L2-normalised encoders; query-bank methods return the augmented encoders of :mod:`ccr_fast.eval.querybank`."""
+        return self.encode_text, self.encode_visual
+
     def score(self, eval_sets, batch_size: int = 128, **kw) -> dict:
         """Evaluate on ``eval_sets``: a result dict shaped like :func:`ccr_fast.eval.evaluate_encoders`'."""
         from ..eval import evaluate_encoders
 
-        return evaluate_encoders(self.encode_text, self.encode_visual, eval_sets,
+        enc_text, enc_visual = self.ranking_encoders()
+        return evaluate_encoders(enc_text, enc_visual, eval_sets,
                                  fusion_weight=self.translate_test_weight, batch_size=batch_size)
 
     @torch.no_grad()

@@ -250,6 +250,10 @@ class CCRk(Method):
     def eval_languages(self):
         return list(self.cfg.languages)
 
+    def ranking_encoders(self):
+        """The query-bank-normalised encoders with ``ccrk.querybank``, else the plain ones (ITC ranking)."""
+        return self._querybank_encoders() if self.mcfg.querybank else super().ranking_encoders()
+
     def score(self, eval_sets, batch_size: int = 128, k_test=None) -> dict:
         """ITC cosine ranking, or with ``k_test > 0`` the ITM re-rank of the top ``k_test`` ITC candidates."""
         k = self.mcfg.k_test if k_test is None else int(k_test)
@@ -262,7 +266,7 @@ class CCRk(Method):
 
             if self._qb_data is not None:
                 self.refresh_querybank()
-            enc_text, enc_visual = self._querybank_encoders()
+            enc_text, enc_visual = self.ranking_encoders()
             return evaluate_encoders(enc_text, enc_visual, eval_sets, fusion_weight=self.translate_test_weight,
                                      batch_size=batch_size)
         return super().score(eval_sets, batch_size)

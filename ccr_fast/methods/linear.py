@@ -74,14 +74,21 @@ class Linear(Method):
         if self.mcfg.querybank and (not self.mcfg.querybank_betas or min(self.mcfg.querybank_betas) <= 0):
             raise ValueError(f"linear.querybank_betas: expected positive values, got {self.mcfg.querybank_betas!r}")
 
+    def ranking_encoders(self):
+        """The query-bank-normalised encoders with ``linear.querybank`` (the bank and β saved by ``fit``)."""
+        if not self.mcfg.querybank:
+            return super().ranking_encoders()
+        from ..eval.querybank import querybank_encoders
+
+        return querybank_encoders(self.encode_text, self.encode_visual, self.qb_text, self.qb_visual,
+                                  float(self.qb_beta))
+
     def score(self, eval_sets, batch_size: int = 128, **kw) -> dict:
         if not self.mcfg.querybank:
             return super().score(eval_sets, batch_size)
         from ..eval import evaluate_encoders
-        from ..eval.querybank import querybank_encoders
 
-        enc_text, enc_visual = querybank_encoders(self.encode_text, self.encode_visual, self.qb_text,
-                                                  self.qb_visual, float(self.qb_beta))
+        enc_text, enc_visual = self.ranking_encoders()
         return evaluate_encoders(enc_text, enc_visual, eval_sets, batch_size=batch_size)
 
     def train_dataset(self, data):
