@@ -468,7 +468,8 @@ def run_folds(args, rows: List[str]) -> dict:
     saved_states = load_text_states(states)
     alias = {key: same_recipe(key) for key in rows if key not in DERIVED}
     alias = {k: v for k, v in alias.items() if v in rows and not alias.get(v)}  # trained once, copied
-    for fold in range(args.folds):
+    folds = range(args.folds) if not args.only_folds else [int(f) for f in args.only_folds.split(",") if f]
+    for fold in folds:
         for key in sorted(rows, key=lambda k: k in alias):  # aliases after the rows they copy
             if key in DERIVED:
                 continue
@@ -497,8 +498,20 @@ def run_folds(args, rows: List[str]) -> dict:
             out.write_text(json.dumps(saved, indent=1))
     order = {k: i for i, k in enumerate(list(fold_rows()) + list(DERIVED))}
     saved["records"].sort(key=lambda r: (order.get(r["row"], len(order)), r["fold"]))
-    apply_selection(saved, args.folds)
+    if not args.only_folds:
+        apply_selection(saved, args.folds)
     out.write_text(json.dumps(saved, indent=1))
+    return saved
+
+
+def merge_records(saved: dict, files: List[str]) -> dict:
+    """Add the records of other fold JSON files to ``saved`` (same row and fold: the other file's record wins)."""
+    for f in files:
+        for r in json.loads(Path(f).read_text())["records"]:
+            saved["records"] = [x for x in saved["records"] if (x["row"], x["fold"]) != (r["row"], r["fold"])]
+            saved["records"].append(r)
+    order = {k: i for i, k in enumerate(list(fold_rows()) + list(DERIVED))}
+    saved["records"].sort(key=lambda r: (order.get(r["row"], len(order)), r["fold"]))
     return saved
 
 
@@ -519,8 +532,10 @@ def main_folds(args) -> int:
         raise ValueError(f"--folds: the shipped data have {N_FOLDS} folds, got {args.folds}")
     if args.out == str(_repo_root() / "docs" / "results_default.json"):
         args.out = str(_repo_root() / "docs" / "results_folds.json")
-    if args.from_json:
+    if args.from_json or args.merge:
         saved = json.loads(Path(args.out).read_text())
+        if args.merge:
+            merge_records(saved, [f for f in args.merge.split(",") if f])
         apply_selection(saved, args.folds)
         Path(args.out).write_text(json.dumps(saved, indent=1))
     else:
@@ -530,7 +545,7 @@ def main_folds(args) -> int:
         if bad:
             raise ValueError(f"--rows: unknown {bad}; valid: {known}")
         saved = run_folds(args, rows)
-    if not args.no_doc:
+    if not args.no_doc and not args.only_folds:
         write_fold_docs(saved, Path(args.doc), Path(args.readme) if args.readme else None)
     return 0
 
@@ -552,6 +567,10 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", default=str(_repo_root() / "README.md"), help="README with the headline markers")
     ap.add_argument("--work", default=None, help="folder for the fold runs' checkpoints (default: a temp folder)")
     ap.add_argument("--fresh", action="store_true", help="ignore an existing --out (no resume)")
+    ap.add_argument("--only-folds", default=None, help="train these folds only (comma-separated), e.g. to split the "
+                    "work over processes writing separate --out files, merged with --merge")
+    ap.add_argument("--merge", default=None, help="comma-separated JSON files whose records are added to --out "
+                    "(a record of --out with the same row and fold is replaced)")
     args = ap.parse_args(argv)
     args.argv = list(argv) if argv is not None else []
     args.rows_folds = args.rows

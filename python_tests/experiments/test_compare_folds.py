@@ -153,7 +153,7 @@ def test_run_folds_resumes_aliases_and_selects_on_validation(tmp_path, monkeypat
 
     monkeypatch.setattr(compare_select, "select_default", spy)  # apply_selection reads it from the module
     out = tmp_path / "folds.json"
-    args = argparse.Namespace(out=str(out), fresh=False, argv=["--folds", "5"], folds=5, threads=1,
+    args = argparse.Namespace(out=str(out), fresh=False, argv=["--folds", "5"], folds=5, threads=1, only_folds=None,
                               work=str(tmp_path / "work"))
     rows = ["linear_qb", "default", "ccrk_a", "default_plain"]
     (tmp_path / "work").mkdir()
