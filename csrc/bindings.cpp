@@ -16,6 +16,7 @@ void register_cpu_ranks(py::module_& m);
 void register_cpu_similarity(py::module_& m);
 void register_cpu_blas_contrastive(py::module_& m);  // csrc/cpu/blas.cpp
 void register_cpu_blas_retrieval(py::module_& m);    // csrc/cpu/blas_retrieval.cpp
+void register_cpu_exact(py::module_& m);             // csrc/cpu/exact.cpp (float64 settling, bf16 top-k)
 void register_cpu_sigmoid(py::module_& m);           // csrc/cpu/sigmoid.cpp (cpu and blas)
 #ifdef CCR_FAST_WITH_CUDA
 void register_cuda_ops(py::module_& m);  // csrc/cuda/*.cu
@@ -51,6 +52,7 @@ PYBIND11_MODULE(_C, m) {
   register_cpu_similarity(m);
   register_cpu_blas_contrastive(m);
   register_cpu_blas_retrieval(m);
+  register_cpu_exact(m);
   register_cpu_sigmoid(m);
 #ifdef CCR_FAST_WITH_CUDA
   register_cuda_ops(m);

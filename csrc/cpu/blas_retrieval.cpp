@@ -15,6 +15,7 @@
 #include "blas_gemm.h"
 #include "common.h"
 #include "cpu_util.h"
+#include "exact64.h"
 
 namespace py = pybind11;
 
@@ -171,14 +172,15 @@ void blas_topk(std::uintptr_t q, int64_t ldq, std::uintptr_t g, int64_t ldg, int
 }
 
 // ------------------------------------------------------------------------------------------------ ranks
-// Per (row, target): scores above est + err are above the target's GEMM score, scores below est - err are below;
-// the few in between are kept and compared exactly once the target's own GEMM score is known.
+// Exact in float64 (docs/exactness.md). The target score est = dot64(q, g_t) (the one float64 score); per query a
+// band half-width b bounds |GEMM score - float64 score| for every gallery row (gamma_d in T of the GEMM plus
+// gamma_d in float64 for dot64, times ||q|| max ||g||). A GEMM score above est + b is above the target in float64,
+// one below est - b is below; the few rows in between are re-scored with dot64 and compared with the tie rule.
+// Queries whose scores could overflow T are counted entirely in float64.
 template <typename T>
 struct RankState {
   int64_t above = 0;
-  T st = T(0);
-  bool seen = false;
-  std::vector<std::pair<T, int64_t>> near;
+  std::vector<int64_t> near;
 };
 
 CCR_BLAS_CLONES int64_t count_band(const float* s, int64_t W, float lo, float hi, int64_t* first_in_band) {
@@ -211,22 +213,23 @@ void ranks_impl(const T* q, int64_t ldq, const T* g, int64_t ldg, int64_t Q, int
   int64_t splits = num_splits > 0 ? num_splits : (nqb >= 2 * nt ? 1 : std::max<int64_t>(1, (2 * nt + nqb - 1) / nqb));
   splits = std::max<int64_t>(1, std::min(splits, ntiles));
   const double u = std::numeric_limits<T>::epsilon() / 2;
-  const double gamma = 2.0 * (d + 2) * u / (1.0 - (d + 2) * u);  // 2x the classical bound of any summation order
-  // estimate and bound of every target score
-  std::vector<double> est((size_t)Q * Tn, 0.0), err((size_t)Q * Tn, 0.0);
-  for (int64_t i = 0; i < Q; ++i)
+  const double rel = (ccr::gamma_n((double)d + 1, u) + 2 * ccr::gamma_n((double)d + 8, 0x1p-53)) * (1 + 1e-9);
+  const double tiny = 8.0 * (double)(d + 1) * (double)std::numeric_limits<T>::min();
+  double gmax = 0;
+#pragma omp parallel for reduction(max : gmax) schedule(static)
+  for (int64_t c = 0; c < G; ++c) gmax = std::max(gmax, std::sqrt(ccr::dot64(g + c * ldg, g + c * ldg, d)));
+  gmax *= 1 + 1e-12;
+  std::vector<double> est((size_t)Q * Tn, 0.0), band((size_t)Q, 0.0);
+  std::vector<char> full((size_t)Q, 0);
+  for (int64_t i = 0; i < Q; ++i) {
+    const double qn = std::sqrt(ccr::dot64(q + i * ldq, q + i * ldq, d)) * (1 + 1e-12);
+    band[i] = rel * qn * gmax + tiny;
+    full[i] = !(qn * gmax < 0.25 * (double)std::numeric_limits<T>::max());  // T scores could overflow
     for (int64_t t = 0; t < Tn; ++t) {
       const int64_t c = tg[i * Tn + t];
-      if (c < 0) continue;
-      double e = 0.0, a = 0.0;
-      for (int64_t j = 0; j < d; ++j) {
-        const double p = (double)q[i * ldq + j] * (double)g[c * ldg + j];
-        e += p;
-        a += std::fabs(p);
-      }
-      est[(size_t)i * Tn + t] = e;
-      err[(size_t)i * Tn + t] = gamma * a + 4 * u * std::fabs(e) + std::numeric_limits<T>::denorm_min();
+      if (c >= 0) est[(size_t)i * Tn + t] = ccr::dot64(q + i * ldq, g + c * ldg, d);
     }
+  }
   std::vector<RankState<T>> st((size_t)splits * Q * Tn);
 #pragma omp parallel num_threads(nt)
   {
@@ -241,46 +244,48 @@ void ranks_impl(const T* q, int64_t ldq, const T* g, int64_t ldg, int64_t Q, int
         score_tile(q + q0 * ldq, ldq, g + c0 * ldg, ldg, d, nq, w, buf.data(), w);
         for (int64_t r = 0; r < nq; ++r) {
           const int64_t i = q0 + r;
+          if (full[i]) continue;
           const T* s = buf.data() + r * w;
           for (int64_t tt = 0; tt < Tn; ++tt) {
             const int64_t c = tg[i * Tn + tt];
             if (c < 0) continue;
             RankState<T>& rs = st[((size_t)sp * Q + i) * Tn + tt];
-            const double e = est[(size_t)i * Tn + tt], b = err[(size_t)i * Tn + tt];
+            const double e = est[(size_t)i * Tn + tt], b = band[i];
             // lo/hi rounded outwards to T
             T lo = (T)(e - b), hi = (T)(e + b);
             if ((double)lo > e - b) lo = std::nextafter(lo, -std::numeric_limits<T>::infinity());
             if ((double)hi < e + b) hi = std::nextafter(hi, std::numeric_limits<T>::infinity());
-            int64_t band;
-            rs.above += count_band(s, w, lo, hi, &band);
-            if (band >= 0)
+            int64_t in_band;
+            rs.above += count_band(s, w, lo, hi, &in_band);
+            if (in_band >= 0)
               for (int64_t j = 0; j < w; ++j)
-                if (s[j] >= lo && s[j] <= hi) rs.near.emplace_back(s[j], c0 + j);
-            if (c >= c0 && c < c0 + w) {
-              rs.st = s[c - c0];
-              rs.seen = true;
-            }
+                if (s[j] >= lo && s[j] <= hi) rs.near.push_back(c0 + j);
           }
         }
       }
     }
   }
+#pragma omp parallel for schedule(dynamic, 16)
   for (int64_t i = 0; i < Q; ++i) {
     int64_t best = -1;
     for (int64_t tt = 0; tt < Tn; ++tt) {
       const int64_t c = tg[i * Tn + tt];
       int64_t rank = -1;
       if (c >= 0) {
-        T sc = T(0);
-        for (int64_t sp = 0; sp < splits; ++sp) {
-          const RankState<T>& rs = st[((size_t)sp * Q + i) * Tn + tt];
-          if (rs.seen) sc = rs.st;
-        }
+        const double sc = est[(size_t)i * Tn + tt];
         rank = 0;
-        for (int64_t sp = 0; sp < splits; ++sp) {
-          const RankState<T>& rs = st[((size_t)sp * Q + i) * Tn + tt];
-          rank += rs.above;
-          for (const auto& p : rs.near) rank += (p.first > sc || (p.first == sc && p.second < c)) ? 1 : 0;
+        auto count = [&](int64_t o) {
+          const double so = ccr::dot64(q + i * ldq, g + o * ldg, d);
+          return (so > sc || (so == sc && o < c)) ? 1 : 0;
+        };
+        if (full[i]) {
+          for (int64_t o = 0; o < G; ++o) rank += count(o);
+        } else {
+          for (int64_t sp = 0; sp < splits; ++sp) {
+            const RankState<T>& rs = st[((size_t)sp * Q + i) * Tn + tt];
+            rank += rs.above;
+            for (const int64_t o : rs.near) rank += count(o);
+          }
         }
         if (best < 0 || rank < best) best = rank;
       }

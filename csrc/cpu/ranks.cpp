@@ -1,19 +1,23 @@
 // CPU (C++17 + OpenMP) kernels of the target-rank counting op family. Contract: docs/interop.md ("ranks").
 //
 // rank(t) = #{c : s_c > s_t} + #{c : s_c == s_t and c < t}, for each valid target t (targets[q, :] padded with
-// -1). The gallery scores of a query block come from ccr::score_tile (gemm_tile.h) one [kQueryBlock,
-// kGalleryBlock] tile at a time, the target scores from ccr::score_one, which has exactly the arithmetic of every
-// entry of a score_tile, so the target never outranks itself. Counts are additive over the gallery: tasks are (query block x gallery split); with few
+// -1), exact in float64 (docs/exactness.md): the target score is ccr::dot64 (the one float64 score); the gallery
+// scores of a query block come from ccr::score_tile (gemm_tile.h, fp32 accumulation) one [kQueryBlock,
+// kGalleryBlock] tile at a time and are compared against a band [s_t - b, s_t + b] that bounds their error; rows in
+// the band are re-scored with dot64. Counts are additive over the gallery: tasks are (query block x gallery split); with few
 // queries the gallery is split across threads into a [splits, Q, T] count buffer that is summed afterwards.
 // Memory: O(Q T) (O(splits Q T) on the few-queries path) besides the inputs.
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <cstdint>
 #include <vector>
 
 #include "common.h"
 #include "cpu_util.h"
+#include "exact64.h"
 #include "gemm_tile.h"
 
 namespace py = pybind11;
@@ -35,15 +39,36 @@ void ranks_impl(const T* q, int64_t ldq, const T* g, int64_t ldg, int64_t Q, int
   splits = std::max<int64_t>(1, std::min(splits, nblocks));
   const int64_t nqb = (Q + kQueryBlock - 1) / kQueryBlock;
 
-  std::vector<T> tscore(static_cast<size_t>(Q) * T_, T(0));
+  // float64 target scores (dot64) and per-query band half-widths (docs/exactness.md)
+  const double u = std::numeric_limits<T>::epsilon() / 2;
+  const double rel = (ccr::gamma_n((double)d + 1, u) + 2 * ccr::gamma_n((double)d + 8, 0x1p-53)) * (1 + 1e-9);
+  const double tiny = 8.0 * (double)(d + 1) * (double)std::numeric_limits<T>::min();
+  double gmax = 0;
+#pragma omp parallel for reduction(max : gmax) schedule(static)
+  for (int64_t c = 0; c < G; ++c) gmax = std::max(gmax, std::sqrt(ccr::dot64(g + c * ldg, g + c * ldg, d)));
+  gmax *= 1 + 1e-12;
+  std::vector<double> est(static_cast<size_t>(Q) * T_, 0.0);
+  std::vector<T> lo(static_cast<size_t>(Q) * T_, T(0)), hi(static_cast<size_t>(Q) * T_, T(0));
+  std::vector<char> full(static_cast<size_t>(Q), 0);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < Q; ++i) {
+    const double qn = std::sqrt(ccr::dot64(q + i * ldq, q + i * ldq, d)) * (1 + 1e-12);
+    const double b = rel * qn * gmax + tiny;
+    full[i] = !(qn * gmax < 0.25 * (double)std::numeric_limits<T>::max());
     for (int64_t t = 0; t < T_; ++t) {
       const int64_t c = targets[i * T_ + t];
-      if (c >= 0) tscore[i * T_ + t] = ccr::score_one(q + i * ldq, g + c * ldg, d);
+      if (c < 0) continue;
+      const double e = ccr::dot64(q + i * ldq, g + c * ldg, d);
+      est[i * T_ + t] = e;
+      T l = (T)(e - b), h = (T)(e + b);  // rounded outwards to T
+      if ((double)l > e - b) l = std::nextafter(l, -std::numeric_limits<T>::infinity());
+      if ((double)h < e + b) h = std::nextafter(h, std::numeric_limits<T>::infinity());
+      lo[i * T_ + t] = l;
+      hi[i * T_ + t] = h;
     }
   }
   std::vector<int64_t> counts(static_cast<size_t>(splits) * Q * T_, 0);
+  std::vector<std::vector<int64_t>> near(static_cast<size_t>(splits) * Q * T_);
 
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
   for (int64_t p = 0; p < splits; ++p) {
@@ -58,28 +83,51 @@ void ranks_impl(const T* q, int64_t ldq, const T* g, int64_t ldg, int64_t Q, int
         const int64_t nc = std::min(g1, c0 + kGalleryBlock) - c0;
         ccr::score_tile(q + q0 * ldq, ldq, q1 - q0, g + c0 * ldg, ldg, nc, d, tile.data(), kGalleryBlock);
         for (int64_t i = q0; i < q1; ++i) {
+          if (full[i]) continue;
           const T* row = tile.data() + (i - q0) * kGalleryBlock;
           for (int64_t t = 0; t < T_; ++t) {
-            const int64_t tt = targets[i * T_ + t];
-            if (tt < 0) continue;
-            const T st = tscore[i * T_ + t];
+            if (targets[i * T_ + t] < 0) continue;
+            const T l = lo[i * T_ + t], h = hi[i * T_ + t];
             int64_t n = 0;
-            for (int64_t j = 0; j < nc; ++j) n += (row[j] > st) | ((row[j] == st) & (c0 + j < tt));
+            bool band = false;
+            for (int64_t j = 0; j < nc; ++j) {
+              n += row[j] > h;
+              band |= (row[j] >= l) & (row[j] <= h);
+            }
             cnt[i * T_ + t] += n;
+            if (band) {
+              auto& nr = near[(static_cast<size_t>(p) * Q + i) * T_ + t];
+              for (int64_t j = 0; j < nc; ++j)
+                if (row[j] >= l && row[j] <= h) nr.push_back(c0 + j);
+            }
           }
         }
       }
     }
   }
 
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 16)
   for (int64_t i = 0; i < Q; ++i) {
     int64_t best = -1;
     for (int64_t t = 0; t < T_; ++t) {
       int64_t r = -1;
-      if (targets[i * T_ + t] >= 0) {
+      const int64_t c = targets[i * T_ + t];
+      if (c >= 0) {
+        const double sc = est[i * T_ + t];
+        auto above = [&](int64_t o) {
+          const double so = ccr::dot64(q + i * ldq, g + o * ldg, d);
+          return (so > sc || (so == sc && o < c)) ? 1 : 0;
+        };
         r = 0;
-        for (int64_t p = 0; p < splits; ++p) r += counts[(static_cast<size_t>(p) * Q + i) * T_ + t];
+        if (full[i]) {
+          for (int64_t o = 0; o < G; ++o) r += above(o);
+        } else {
+          for (int64_t p = 0; p < splits; ++p) {
+            const size_t at = (static_cast<size_t>(p) * Q + i) * T_ + t;
+            r += counts[at];
+            for (const int64_t o : near[at]) r += above(o);
+          }
+        }
         if (best < 0 || r < best) best = r;
       }
       if (out_all != nullptr) out_all[i * T_ + t] = r;

@@ -53,7 +53,7 @@ def topk_candidates(q: Tensor, g: Tensor, kp: int, block_size: int = 0):
         from . import _lowp  # noqa: PLC0415
     except ImportError:
         return None
-    if not _lowp.available():
+    if not hasattr(extension(), "lowp_topk") or not _lowp.available():
         return None
     q, g = cpu_pair(q, g)
     n_q, d = q.shape
