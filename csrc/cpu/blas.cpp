@@ -32,6 +32,7 @@
 #include "common.h"
 #include "cpu_util.h"
 #include "blas_gemm.h"
+#include "lowp_gemm.h"
 
 namespace py = pybind11;
 
@@ -405,6 +406,340 @@ void contrastive_bwd(const T* x, const T* y, int64_t M, int64_t N, int64_t d, in
            (T*)nullptr, (const T*)nullptr, tl, nt);
 }
 
+// ------------------------------------------------------------------------------------------------ bf16 inputs
+// The same epilogues over fp32 tiles that the bf16 GEMM (lowp_gemm.h: bf16 products, fp32 accumulation) writes.
+// Operands arrive padded: x [Mp, dp], y [Np, dp] (Mp, Np, dp multiples of 64, zero rows/columns), so every GEMM
+// call has N = 64; padded scores are exactly 0 and the epilogues only read the valid M x N region.
+// Backward per tile: S (recomputed), dZ in fp32 (dz_full), rounded once to bf16 as the two GEMM operands:
+// row-major for dx[rows] += dZ·y[cols], VNNI-packed for dyᵀ[:, cols] += x[rows]ᵀ·dZ (per-thread fp32 partials).
+using ccr::lowp::bf16;
+typedef std::uint16_t v16us __attribute__((vector_size(32)));
+typedef std::uint32_t v16u __attribute__((vector_size(64)));
+
+inline Tiles lowp_tiles(int64_t tile_m, int64_t tile_n) {
+  auto up = [](int64_t v, int64_t def) { return v > 0 ? (v + 63) / 64 * 64 : def; };
+  return Tiles{up(tile_m, 256), up(tile_n, 512)};
+}
+
+CCR_BLAS_CLONES void to_bf16_row(const float* s, int64_t n, bf16* o) {
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    v16u u;
+    std::memcpy(&u, s + j, 64);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const v16us h = __builtin_convertvector(u, v16us);
+    std::memcpy(o + j, &h, 32);
+  }
+  for (; j < n; ++j) o[j] = ccr::lowp::to_bf16(s[j]);
+}
+
+// V (VNNI, per 64-column block jb: [Rg/2][64][2] at V + jb*Rg*64) of the fp32 tile S [Rg, Wg] (ld Wg): each
+// 32-bit word holds bf16(S[2k, n]) in its low half and bf16(S[2k+1, n]) in its high half.
+CCR_BLAS_CLONES void to_bf16_vnni(const float* S, int64_t Rg, int64_t Wg, bf16* V) {
+  for (int64_t jb = 0; jb < Wg / 64; ++jb) {
+    std::uint32_t* out = reinterpret_cast<std::uint32_t*>(V + jb * Rg * 64);
+    for (int64_t k2 = 0; k2 < Rg / 2; ++k2) {
+      const float* a = S + (2 * k2) * Wg + jb * 64;
+      const float* b = a + Wg;
+      std::uint32_t* o = out + k2 * 64;
+      for (int n = 0; n < 64; n += 16) {
+        v16u ua, ub;
+        std::memcpy(&ua, a + n, 64);
+        std::memcpy(&ub, b + n, 64);
+        ua = (ua + 0x7fffu + ((ua >> 16) & 1u)) >> 16;
+        ub = (ub + 0x7fffu + ((ub >> 16) & 1u)) & 0xffff0000u;
+        const v16u w = ua | ub;
+        std::memcpy(o + n, &w, 64);
+      }
+    }
+  }
+}
+
+// Sum of exp(scale*s - ref) over one row, against a reference `ref` (the running max of the earlier tiles) instead
+// of the tile's own max: one pass instead of two. Returns false (sum unusable) when some z > ref + 30, where the
+// caller takes the exact two-pass row_stats; below that the fp32 sum cannot overflow.
+CCR_BLAS_CLONES bool row_sum_ref(const float* s, int64_t n, float scale, float ref, float* out_sum) {
+  const v16f vref = bc16(ref), big = bc16(ref + 30.f);
+  v16f acc = bc16(0.f);
+  v16i bad = v16i{} + 0;
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const v16f z = load16(s + j) * scale;
+    bad |= (z > big);
+    acc += vexp(z - vref);
+  }
+  float a = 0.f;
+  bool ok = true;
+  for (int l = 0; l < 16; ++l) {
+    a += acc[l];
+    ok = ok && bad[l] == 0;
+  }
+  for (; j < n; ++j) {
+    const float z = scale * s[j];
+    ok = ok && !(z > ref + 30.f);
+    a += sexp(z - ref);
+  }
+  *out_sum = a;
+  return ok;
+}
+
+// Column sums of exp(scale*S - cref[c]) over a tile S[R, W] (ld lds) into tsum[W] (overwritten), against the
+// running column maxima cref; false when some z > cref + 30 (then the caller takes the exact col_stats).
+CCR_BLAS_CLONES bool col_sum_ref(const float* S, int64_t lds, int64_t R, int64_t W, float scale, const float* cref,
+                                 float* tsum) {
+  for (int64_t c = 0; c < W; ++c) tsum[c] = 0.f;
+  v16i bad = v16i{} + 0;
+  bool ok = true;
+  for (int64_t r = 0; r < R; ++r) {
+    const float* s = S + r * lds;
+    int64_t c = 0;
+    for (; c + 16 <= W; c += 16) {
+      const v16f z = load16(s + c) * scale, ref = load16(cref + c);
+      bad |= (z > ref + 30.f);
+      store16(tsum + c, load16(tsum + c) + vexp(z - ref));
+    }
+    for (; c < W; ++c) {
+      const float z = scale * s[c];
+      ok = ok && !(z > cref[c] + 30.f);
+      tsum[c] += sexp(z - cref[c]);
+    }
+  }
+  for (int l = 0; l < 16; ++l) ok = ok && bad[l] == 0;
+  return ok;
+}
+
+// S[Rg, Wg] (ld Wg) = x[r0:r0+Rg] · y[c0:c0+Wg]ᵀ from the packed y (ynt: 64-row blocks of [dp/2][64][2]).
+inline void lowp_scores(const bf16* x, const bf16* ynt, int64_t dp, int64_t r0, int64_t Rg, int64_t c0, int64_t Wg,
+                        float* S) {
+  for (int64_t jb = 0; jb < Wg / 64; ++jb)
+    ccr::lowp::brgemm(Rg, 64, dp, dp, 64, Wg, false, x + r0 * dp, ynt + (c0 + jb * 64) * dp, S + jb * 64);
+}
+
+std::vector<bf16> lowp_pack_nt(const bf16* y, int64_t Np, int64_t dp, int nt) {
+  std::vector<bf16> out((size_t)Np * dp);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t b = 0; b < Np / 64; ++b) ccr::lowp::pack_nt(y, dp, b * 64, dp, out.data() + (size_t)b * 64 * dp);
+  return out;
+}
+
+// Runs body(tid) in an OpenMP region; an exception in any thread is rethrown after the region.
+template <typename F>
+void lowp_parallel(int nt, F body) {
+  std::string err;
+  bool failed = false;
+#pragma omp parallel num_threads(nt)
+  {
+    try {
+      body(ccr::omp_thread_id());
+    } catch (const std::exception& e) {
+#pragma omp critical(ccr_lowp_err)
+      {
+        failed = true;
+        err = e.what();
+      }
+    } catch (...) {
+#pragma omp critical(ccr_lowp_err)
+      {
+        failed = true;
+        err = "unknown error in the bf16 GEMM";
+      }
+    }
+    ccr::lowp::release();
+  }
+  if (failed) throw std::runtime_error("blas bf16 kernel: " + err);
+}
+
+void lowp_contrastive_fwd(const bf16* x, const bf16* y, int64_t M, int64_t N, int64_t Mp, int64_t Np, int64_t dp,
+                          float scale, int64_t ro, int64_t rd, int64_t co, int64_t cd, bool compute_col,
+                          float* lse_row, float* lse_col, float* pos_row, float* pos_col, Tiles tl) {
+  const int nt = ccr::omp_threads();
+  const std::vector<bf16> ynt = lowp_pack_nt(y, Np, dp, nt);
+  const int64_t nrb = (M + tl.R - 1) / tl.R;
+  const int64_t ncol = compute_col ? N : 0;
+  std::vector<float> cmax((size_t)nt * ncol, -std::numeric_limits<float>::infinity()), csum((size_t)nt * ncol, 0.f);
+  std::vector<float> cpos((size_t)nt * N, 0.f);
+  std::vector<int64_t> next(1, 0);
+  lowp_parallel(nt, [&](int tid) {
+    std::vector<float> buf((size_t)tl.R * tl.W), tmp(tl.W), tsum(tl.W);
+    std::vector<double> rm(tl.R), rs(tl.R);
+    float* my_cmax = compute_col ? cmax.data() + (size_t)tid * N : nullptr;
+    float* my_csum = compute_col ? csum.data() + (size_t)tid * N : nullptr;
+    float* my_cpos = cpos.data() + (size_t)tid * N;
+    bool col_ref = false;  // this thread's running column maxima are set (after its first row block)
+    for (;;) {
+      int64_t rb;
+#pragma omp atomic capture
+      rb = next[0]++;
+      if (rb >= nrb) break;
+      const int64_t r0 = rb * tl.R, R = std::min(tl.R, M - r0), Rg = std::min(tl.R, Mp - r0);
+      for (int64_t r = 0; r < R; ++r) {
+        rm[r] = -std::numeric_limits<double>::infinity();
+        rs[r] = 0.0;
+        pos_row[r0 + r] = 0.f;
+      }
+      for (int64_t c0 = 0; c0 < N; c0 += tl.W) {
+        const int64_t W = std::min(tl.W, N - c0), Wg = std::min(tl.W, Np - c0);
+        float* S = buf.data();
+        lowp_scores(x, ynt.data(), dp, r0, Rg, c0, Wg, S);
+        for (int64_t r = 0; r < R; ++r) {
+          const float* s = S + r * Wg;
+          float sum;
+          if (c0 > 0 && std::isfinite(rm[r]) && row_sum_ref(s, W, scale, (float)rm[r], &sum)) {
+            rs[r] += (double)sum;  // the state stays (reference, sum against it)
+          } else {
+            const float m = row_stats(s, W, scale, &sum);
+            merge_lse(rm[r], rs[r], (double)m, (double)sum);
+          }
+          int64_t lo, hi;
+          positive_range((r0 + r + ro) / rd, co, cd, c0, W, &lo, &hi);
+          for (int64_t j = lo; j < hi; ++j) {
+            const float z = scale * s[j];
+            pos_row[r0 + r] += z;
+            my_cpos[c0 + j] += z;
+          }
+        }
+        if (compute_col) {
+          if (col_ref && col_sum_ref(S, Wg, R, W, scale, my_cmax + c0, tsum.data())) {
+            for (int64_t c = 0; c < W; ++c) my_csum[c0 + c] += tsum[c];
+          } else {
+            col_stats(S, Wg, R, W, scale, my_cmax + c0, my_csum + c0, tmp.data());
+          }
+        }
+      }
+      col_ref = compute_col;
+      for (int64_t r = 0; r < R; ++r) lse_row[r0 + r] = (float)(rm[r] + std::log(rs[r]));
+    }
+  });
+  for (int64_t c = 0; c < N; ++c) {
+    double p = 0.0;
+    for (int t = 0; t < nt; ++t) p += (double)cpos[(size_t)t * N + c];
+    pos_col[c] = (float)p;
+    if (compute_col) {
+      double m = -std::numeric_limits<double>::infinity(), s = 0.0;
+      for (int t = 0; t < nt; ++t) merge_lse(m, s, (double)cmax[(size_t)t * N + c], (double)csum[(size_t)t * N + c]);
+      lse_col[c] = (float)(m + std::log(s));
+    } else {
+      lse_col[c] = 0.f;
+    }
+  }
+}
+
+// dx [Mp, dp] and dy [Np, dp] (fp32, padded rows zero); dyT_parts: a [threads, dp, Np] fp32 workspace.
+void lowp_contrastive_bwd(const bf16* x, const bf16* y, int64_t M, int64_t N, int64_t Mp, int64_t Np, int64_t dp,
+                          float scale, const float* lse_row, const float* lse_col, const float* row_coef,
+                          const float* col_coef, float w_pos, int64_t ro, int64_t rd, int64_t co, int64_t cd, float* dx,
+                          float* dy, float* dscale, float* dyT_parts, Tiles tl) {
+  const int nt = ccr::omp_threads();
+  const std::vector<bf16> ynt = lowp_pack_nt(y, Np, dp, nt);
+  std::vector<bf16> ynn((size_t)Np * dp), xT((size_t)dp * Mp);
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t db = 0; db < dp / 64; ++db) ccr::lowp::pack_nn(y, dp, Np, db * 64, ynn.data() + (size_t)db * Np * 64);
+#pragma omp for schedule(static)
+    for (int64_t r0 = 0; r0 < Mp; r0 += 64)  // xT [dp, Mp] = xᵀ, in 64 x 64 blocks
+      for (int64_t k0 = 0; k0 < dp; k0 += 64)
+        for (int64_t k = k0; k < k0 + 64; ++k)
+          for (int64_t r = r0; r < r0 + 64; ++r) xT[(size_t)k * Mp + r] = x[r * dp + k];
+  }
+  bool any_col = false;
+  for (int64_t c = 0; c < N && !any_col; ++c) any_col = col_coef[c] != 0.f;
+  std::fill(dyT_parts, dyT_parts + (size_t)nt * dp * Np, 0.f);
+  std::fill(dx, dx + (size_t)Mp * dp, 0.f);
+  const int64_t nrb = (M + tl.R - 1) / tl.R;
+  std::vector<double> acc_t(nt, 0.0);
+  std::vector<int64_t> next(1, 0);
+  lowp_parallel(nt, [&](int tid) {
+    std::vector<float> S((size_t)tl.R * tl.W);
+    std::vector<bf16> A((size_t)tl.R * tl.W), V((size_t)tl.R * tl.W);
+    float* dyT = dyT_parts + (size_t)tid * dp * Np;
+    double acc = 0.0;
+    for (;;) {
+      int64_t rb;
+#pragma omp atomic capture
+      rb = next[0]++;
+      if (rb >= nrb) break;
+      const int64_t r0 = rb * tl.R, R = std::min(tl.R, M - r0), Rg = std::min(tl.R, Mp - r0);
+      for (int64_t c0 = 0; c0 < N; c0 += tl.W) {
+        const int64_t W = std::min(tl.W, N - c0), Wg = std::min(tl.W, Np - c0);
+        lowp_scores(x, ynt.data(), dp, r0, Rg, c0, Wg, S.data());
+        // dZ over the valid R x W region, in place; the padded region holds exact zeros (zero rows/columns).
+        acc += dz_full(S.data(), Wg, S.data(), Wg, r0, R, c0, W, scale, row_coef, lse_row, col_coef, lse_col, any_col,
+                       w_pos, ro, rd, co, cd);
+        for (int64_t r = 0; r < Rg; ++r) to_bf16_row(S.data() + r * Wg, Wg, A.data() + r * Wg);
+        to_bf16_vnni(S.data(), Rg, Wg, V.data());
+        for (int64_t db = 0; db < dp / 64; ++db)
+          ccr::lowp::brgemm(Rg, 64, Wg, Wg, 64, dp, c0 > 0, A.data(), ynn.data() + (size_t)db * Np * 64 + c0 * 64,
+                            dx + r0 * dp + db * 64);
+        for (int64_t jb = 0; jb < Wg / 64; ++jb)
+          ccr::lowp::brgemm(dp, 64, Rg, Mp, 64, Np, true, xT.data() + r0, V.data() + jb * Rg * 64,
+                            dyT + c0 + jb * 64);
+      }
+    }
+    acc_t[tid] = acc;
+  });
+  double tot = 0.0;
+  for (int t = 0; t < nt; ++t) tot += acc_t[t];
+  *dscale = (float)tot;
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < Mp * dp; ++i) dx[i] *= scale;
+#pragma omp for schedule(static)
+    for (int64_t n0 = 0; n0 < Np; n0 += 64)  // dy = scale · Σ_t dyT_tᵀ, in 64 x 64 blocks
+      for (int64_t k0 = 0; k0 < dp; k0 += 64) {
+        float blk[64][64];
+        for (int64_t k = 0; k < 64; ++k) {
+          float row[64];
+          for (int64_t n = 0; n < 64; ++n) row[n] = 0.f;
+          for (int t = 0; t < nt; ++t) {
+            const float* src = dyT_parts + ((size_t)t * dp + k0 + k) * Np + n0;
+            for (int64_t n = 0; n < 64; ++n) row[n] += src[n];
+          }
+          for (int64_t n = 0; n < 64; ++n) blk[n][k] = row[n];
+        }
+        for (int64_t n = 0; n < 64; ++n)
+          for (int64_t k = 0; k < 64; ++k) dy[(n0 + n) * dp + k0 + k] = scale * blk[n][k];
+      }
+  }
+}
+
+void lowp_check_shapes(int64_t M, int64_t N, int64_t Mp, int64_t Np, int64_t dp) {
+  ccr::lowp::check();
+  CCR_CHECK_ARG(M >= 1 && N >= 1 && Mp >= M && Np >= N && Mp % 64 == 0 && Np % 64 == 0 && dp >= 64 && dp % 64 == 0,
+                "blas bf16: need M, N >= 1 and Mp, Np, dp multiples of 64 (padded operands)");
+}
+
+void blas_contrastive_forward_bf16(std::uintptr_t x, std::uintptr_t y, int64_t M, int64_t N, int64_t Mp, int64_t Np,
+                                   int64_t dp, double scale, int64_t ro, int64_t rd, int64_t co, int64_t cd,
+                                   bool compute_col, std::uintptr_t lse_row, std::uintptr_t lse_col,
+                                   std::uintptr_t pos_row, std::uintptr_t pos_col, int64_t tile_m, int64_t tile_n) {
+  lowp_check_shapes(M, N, Mp, Np, dp);
+  CCR_CHECK_ARG(ro >= 0 && co >= 0 && rd >= 1 && cd >= 1, "blas contrastive: bad positive rule");
+  lowp_contrastive_fwd(ccr::as_ptr<const bf16>(x), ccr::as_ptr<const bf16>(y), M, N, Mp, Np, dp, (float)scale, ro, rd,
+                       co, cd, compute_col, ccr::as_ptr<float>(lse_row), ccr::as_ptr<float>(lse_col),
+                       ccr::as_ptr<float>(pos_row), ccr::as_ptr<float>(pos_col), lowp_tiles(tile_m, tile_n));
+}
+
+void blas_contrastive_backward_bf16(std::uintptr_t x, std::uintptr_t y, int64_t M, int64_t N, int64_t Mp, int64_t Np,
+                                    int64_t dp, double scale, std::uintptr_t lse_row, std::uintptr_t lse_col,
+                                    std::uintptr_t row_coef, std::uintptr_t col_coef, double w_pos, int64_t ro,
+                                    int64_t rd, int64_t co, int64_t cd, std::uintptr_t dx, std::uintptr_t dy,
+                                    std::uintptr_t dscale, std::uintptr_t dyT_parts, int64_t tile_m, int64_t tile_n) {
+  lowp_check_shapes(M, N, Mp, Np, dp);
+  CCR_CHECK_ARG(ro >= 0 && co >= 0 && rd >= 1 && cd >= 1, "blas contrastive: bad positive rule");
+  lowp_contrastive_bwd(ccr::as_ptr<const bf16>(x), ccr::as_ptr<const bf16>(y), M, N, Mp, Np, dp, (float)scale,
+                       ccr::as_ptr<const float>(lse_row), ccr::as_ptr<const float>(lse_col),
+                       ccr::as_ptr<const float>(row_coef), ccr::as_ptr<const float>(col_coef), (float)w_pos, ro, rd, co,
+                       cd, ccr::as_ptr<float>(dx), ccr::as_ptr<float>(dy), ccr::as_ptr<float>(dscale),
+                       ccr::as_ptr<float>(dyT_parts), lowp_tiles(tile_m, tile_n));
+}
+
+void set_lowp(std::uintptr_t brgemm_bf16, std::uintptr_t release) {
+  ccr::lowp::g_brgemm_bf16 = reinterpret_cast<ccr::lowp::brgemm_t>(brgemm_bf16);
+  ccr::lowp::g_release = reinterpret_cast<ccr::lowp::release_t>(release);
+}
+
 // ------------------------------------------------------------------------------------------------ exported
 void set_gemm(std::uintptr_t sgemm, std::uintptr_t dgemm) {
   ccr::blas::g_sgemm = reinterpret_cast<sgemm_t>(sgemm);
@@ -463,6 +798,24 @@ void blas_contrastive_backward(std::uintptr_t x, std::uintptr_t y, int64_t M, in
 }  // namespace
 
 void register_cpu_blas_contrastive(py::module_& m) {
+  m.def("blas_set_lowp", &set_lowp,
+        "Register the bf16 GEMM (at::native::cpublas::brgemm for BFloat16 -> float, VNNI B) and its release "
+        "function (lowp_gemm.h).", py::arg("brgemm_bf16"), py::arg("release"));
+  m.def("blas_contrastive_forward_bf16", &blas_contrastive_forward_bf16,
+        "Contrastive forward on bf16 operands padded to [Mp, dp] / [Np, dp] (multiples of 64): bf16 GEMM tiles, "
+        "fp32 epilogues; fp32 outputs.",
+        py::arg("x"), py::arg("y"), py::arg("M"), py::arg("N"), py::arg("Mp"), py::arg("Np"), py::arg("dp"),
+        py::arg("scale"), py::arg("row_off"), py::arg("row_div"), py::arg("col_off"), py::arg("col_div"),
+        py::arg("compute_col"), py::arg("lse_row"), py::arg("lse_col"), py::arg("pos_row"), py::arg("pos_col"),
+        py::arg("tile_m") = 0, py::arg("tile_n") = 0, py::call_guard<py::gil_scoped_release>());
+  m.def("blas_contrastive_backward_bf16", &blas_contrastive_backward_bf16,
+        "Contrastive backward on padded bf16 operands: dx [Mp, dp], dy [Np, dp] fp32; dyT_parts: a "
+        "[threads, dp, Np] fp32 workspace.",
+        py::arg("x"), py::arg("y"), py::arg("M"), py::arg("N"), py::arg("Mp"), py::arg("Np"), py::arg("dp"),
+        py::arg("scale"), py::arg("lse_row"), py::arg("lse_col"), py::arg("row_coef"), py::arg("col_coef"),
+        py::arg("w_pos"), py::arg("row_off"), py::arg("row_div"), py::arg("col_off"), py::arg("col_div"),
+        py::arg("dx"), py::arg("dy"), py::arg("dscale"), py::arg("dyT_parts"), py::arg("tile_m") = 0,
+        py::arg("tile_n") = 0, py::call_guard<py::gil_scoped_release>());
   m.def("blas_set_gemm", &set_gemm,
         "Register the cblas_sgemm / cblas_dgemm function pointers (LP64, row-major cblas signature) the blas "
         "kernels call; the library must be set to 1 thread (the kernels parallelise over tiles).",
