@@ -169,3 +169,15 @@ def test_run_folds_resumes_aliases_and_selects_on_validation(tmp_path, monkeypat
     compare.run_folds(args, rows)  # resumed: nothing to train
     assert calls == []
     assert json.loads(out.read_text())["selection"] == saved["selection"]
+
+
+def test_merge_records_replaces_same_row_and_fold(tmp_path):
+    saved = _saved()
+    other = {"records": [dict(saved["records"][0], wall_seconds=99.0), dict(saved["records"][1], fold=7)]}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(other))
+    n = len(saved["records"])
+    merged = compare.merge_records(saved, [str(path)])
+    assert len(merged["records"]) == n + 1
+    recs = {(r["row"], r["fold"]): r for r in merged["records"]}
+    assert recs[("linear_qb", 0)]["wall_seconds"] == 99.0 and ("linear_qb", 7) in recs
