@@ -8,14 +8,36 @@ from typing import Any, Tuple
 import torch
 
 
+_OWNED = False  # True while the default process group is one that setup() created
+
+
 def setup(device: str) -> Tuple[int, int]:
     """``(rank, world)``; initialises the default process group when ``WORLD_SIZE > 1`` and none exists yet
-    (NCCL on CUDA, gloo on CPU)."""
+    (NCCL on CUDA, gloo on CPU). A group created here is torn down by :func:`teardown`; a group the caller
+    created stays the caller's."""
+    global _OWNED
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
         use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+        _OWNED = True
     return rank_world()
+
+
+def teardown(ok: bool = True) -> None:
+    """Destroy the process group :func:`setup` created (none other). ``ok``: every rank got here normally, so
+    they first meet at a barrier and no rank leaves while another still talks to it (a rank that exits while a
+    peer's gloo threads still use the connection can abort the peer). After an error the barrier is skipped (a
+    failed rank may never arrive) and the group is destroyed at once, which makes waiting peers fail, not hang."""
+    global _OWNED
+    if not (_OWNED and torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    try:
+        if ok:
+            torch.distributed.barrier()
+    finally:
+        _OWNED = False
+        torch.distributed.destroy_process_group()
 
 
 def rank_world() -> Tuple[int, int]:

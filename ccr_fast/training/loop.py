@@ -10,7 +10,9 @@ with exact resume from the middle of an epoch). A run that ends before its first
 end and saves ``best``, so ``best_checkpoint`` is always set. Logs: a tqdm bar and ``<run_dir>/metrics.jsonl``.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) the sampler shards the data, the contrastive losses gather across ranks,
-rank 0 names the run folder and broadcasts it, and only rank 0 writes files and prints.
+rank 0 names the run folder and broadcasts it, and only rank 0 writes files and prints. A process group that
+``train`` created itself (under ``torchrun``) is destroyed when it returns, after a barrier (no rank leaves while
+another still uses the connection); a group the caller created stays the caller's.
 
 The loop never names a method: everything method-specific is a hook of :class:`ccr_fast.methods.Method`.
 """
@@ -466,17 +468,23 @@ def train(config=None, *, datasets: Optional[dict] = None, **overrides) -> Train
         overrides: dotted or top-level config keys.
     """
     cfg = resolve_config(config, overrides)
-    run = build(cfg, datasets)
-    fit(run)
-    metrics = test(run)
-    if run.main:
-        if cfg.save_encoder:
-            exported = run.ckpt_dir / "best-export"
-            import shutil
+    ok = False
+    try:
+        run = build(cfg, datasets)
+        fit(run)
+        metrics = test(run)
+        if run.main:
+            if cfg.save_encoder:
+                exported = run.ckpt_dir / "best-export"
+                import shutil
 
-            shutil.rmtree(exported, ignore_errors=True)
-            ckpt.export_checkpoint(run.ckpt_dir / "best", exported)
-        (run.run_dir / ckpt.FINISHED).write_text(json.dumps({"step": run.state["step"], "epoch": run.state["epoch"]}))
+                shutil.rmtree(exported, ignore_errors=True)
+                ckpt.export_checkpoint(run.ckpt_dir / "best", exported)
+            (run.run_dir / ckpt.FINISHED).write_text(json.dumps({"step": run.state["step"],
+                                                                 "epoch": run.state["epoch"]}))
+        ok = True
+    finally:
+        dist.teardown(ok)  # a process group that build() created (torchrun) ends with the run, cleanly
     return TrainResult(metrics, str(run.ckpt_dir / "best"), str(run.run_dir), run.state["history"])
 
 

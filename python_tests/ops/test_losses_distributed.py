@@ -12,14 +12,11 @@ global one (factor 1).
 from __future__ import annotations
 
 import os
-import socket
-import warnings
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from _distributed import run_workers
 
 from ccr_fast import losses
 
@@ -32,37 +29,26 @@ MODES = [  # (gather_with_grad, local_loss, expected feature-gradient factor)
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run_rank(rank: int, port: int, data_path: str, out_dir: str) -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        data = torch.load(data_path)
-        sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
-        results = {}
-        for gwg, local, _ in MODES:
-            for name in ("clip", "1tok"):
-                img = data["img"][sl].clone().requires_grad_()
-                txt = (data["txt"][sl, 0] if name == "clip" else data["txt"][sl]).clone().requires_grad_()
-                scale = data["scale"].clone().requires_grad_()
-                if name == "clip":
-                    mod = losses.ClipLoss(local_loss=local, gather_with_grad=gwg, rank=rank, world_size=WORLD,
-                                          backend="cpu")
-                else:
-                    mod = losses.OneToKLoss(K, local_loss=local, gather_with_grad=gwg, rank=rank, world_size=WORLD,
-                                            backend="cpu")
-                loss = mod(img, txt, scale)
-                loss.backward()
-                results[(name, gwg, local)] = (loss.detach(), img.grad, txt.grad, scale.grad)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _run_rank(rank: int, world: int, data_path: str, out_dir: str) -> None:
+    """One rank under ``run_workers`` (python_tests/_distributed.py: FileStore, barrier, clean teardown)."""
+    data = torch.load(data_path)
+    sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+    results = {}
+    for gwg, local, _ in MODES:
+        for name in ("clip", "1tok"):
+            img = data["img"][sl].clone().requires_grad_()
+            txt = (data["txt"][sl, 0] if name == "clip" else data["txt"][sl]).clone().requires_grad_()
+            scale = data["scale"].clone().requires_grad_()
+            if name == "clip":
+                mod = losses.ClipLoss(local_loss=local, gather_with_grad=gwg, rank=rank, world_size=world,
+                                      backend="cpu")
+            else:
+                mod = losses.OneToKLoss(K, local_loss=local, gather_with_grad=gwg, rank=rank, world_size=world,
+                                        backend="cpu")
+            loss = mod(img, txt, scale)
+            loss.backward()
+            results[(name, gwg, local)] = (loss.detach(), img.grad, txt.grad, scale.grad)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +59,9 @@ def distributed_results(tmp_path_factory):
             "txt": F.normalize(torch.randn(WORLD * B_LOCAL, K, D), dim=-1),
             "scale": torch.tensor(6.0)}
     torch.save(data, tmp / "data.pt")
-    # One retry on a fresh port when a worker process dies (seen once in a full-suite CI run: a gloo worker ended
-    # with SIGABRT, not reproducible alone). A second failure fails the test; the retry is reported as a warning.
-    for attempt in range(2):
-        try:
-            mp.spawn(_run_rank, args=(_free_port(), str(tmp / "data.pt"), str(tmp)), nprocs=WORLD, join=True)
-            break
-        except mp.ProcessExitedException as exc:
-            if attempt == 1:
-                raise
-            warnings.warn(f"gloo workers died ({exc}); retrying once on a fresh port")
+    # No retry: the workers meet through a FileStore (no port) and tear down after a barrier (the SIGABRT seen
+    # once in a full-suite run came from a rank leaving while its peer still used the connection).
+    run_workers(_run_rank, WORLD, tmp, str(tmp / "data.pt"), str(tmp))
     return data, [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
 
 

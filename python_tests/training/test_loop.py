@@ -1,7 +1,5 @@
 """Training loop: exact resume, config errors, 2-process gloo DDP = 1 process on the full batch, evaluation, CLI."""
 import json
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +43,8 @@ def test_bad_config_keys_list_valid_ones():
     assert cfg.nrccr.w_adv == 0 and cfg.lr == 1e-3 and cfg.epochs == 2
 
 
-def _ddp_worker(rank, port, out_dir, items):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+def _ddp_worker(rank, world, out_dir, items):  # under python_tests/_distributed.run_workers (FileStore, clean exit)
     train(dict(_DDP_CFG, batch_size=4, output_dir=out_dir), datasets={"train": items})
-    torch.distributed.destroy_process_group()
 
 
 _DDP_CFG = {**TINY, "method": "ccrk", "ccrk.w_itm": 0.0, "ccrk.w_mlm": 0.0, "epochs": 1, "max_steps": 2,
@@ -60,11 +54,10 @@ _DDP_CFG = {**TINY, "method": "ccrk", "ccrk.w_itm": 0.0, "ccrk.w_mlm": 0.0, "epo
 def test_ddp_two_processes_equal_one_process_full_batch(tmp_path):
     from safetensors.torch import load_file
 
+    from _distributed import run_workers
+
     items = tiny_items(16)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(port, str(tmp_path / "ddp"), items), nprocs=2)
+    run_workers(_ddp_worker, 2, tmp_path, str(tmp_path / "ddp"), items)
     single = train(dict(_DDP_CFG, batch_size=8, output_dir=str(tmp_path / "one")), datasets={"train": items})
     ddp_run = next((tmp_path / "ddp").iterdir())
     w1 = load_file(str(Path(single.run_dir) / "checkpoints" / "last" / "model.safetensors"))
