@@ -222,6 +222,10 @@ def _from_mapping(cfg, m: dict, split: str, langs=None) -> CCRData:
     if split not in m:
         raise DataFormatError(f"data[{split!r}]: the data mapping names no files for this split (has {sorted(m)})")
     spec = dict(m[split])
+    if "csv" in spec and "features" in spec:  # captions CSV over precomputed (e.g. extracted) features
+        from .media_data import media_csv_data
+
+        return media_csv_data(cfg, spec["csv"], root, split, langs, features=spec["features"], ids=spec.get("ids"))
     if "csv" in spec or (cfg.visual_encoder and "jsonl" in spec and "features" not in spec):
         if not cfg.visual_encoder:
             raise DataFormatError(f"data[{split!r}].csv: raw media need a vision tower; set visual_encoder (a Hugging "

@@ -51,7 +51,10 @@ def get_tower(name: str, tokens: str = "pooled", trainable_layers=()) -> tuple:
     path = str(resolve_hf_model(name))
     key = (path, tokens)
     if key not in _TOWERS:
-        _TOWERS[key] = (load_vision_tower(path, tokens=tokens, trainable_layers=[]), load_image_processor(path))
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # model construction draws random numbers: keep the run's stream
+            _TOWERS[key] = (load_vision_tower(path, tokens=tokens, trainable_layers=[]), load_image_processor(path))
     return _TOWERS[key]
 
 
@@ -75,11 +78,13 @@ def encode_media(cfg, items: Sequence, what: str) -> Tuple[np.ndarray, Optional[
         _FEATURES.move_to_end(key)
         return _FEATURES[key]
     tower, proc = get_tower(cfg.visual_encoder, cfg.model.visual_tokens)
-    device = "cpu" if cfg.device == "auto" and not __import__("torch").cuda.is_available() else \
-        ("cuda" if cfg.device == "auto" else cfg.device)
-    feats, n_frames, kept, report = tower_features(
-        tower, proc, items, batch_size=int(f.media_batch_size), num_workers=int(cfg.num_workers),
-        skip_bad=bool(f.skip_bad_media), device=device, frames=f.video_frames, progress=False, desc=what)
+    device = cfg.device
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # DataLoader iterators draw a seed: keep the run's random stream
+        feats, n_frames, kept, report = tower_features(
+            tower, proc, items, batch_size=int(f.media_batch_size), num_workers=int(cfg.num_workers),
+            skip_bad=bool(f.skip_bad_media), device=device, frames=f.video_frames, progress=False, desc=what)
     if len(report):
         _REPORTS.append(report.summary(what))
         print(report.summary(what))
@@ -137,8 +142,11 @@ def _encode_items(cfg, vids: list, items: list, what: str):
     return feats, n_frames, keep
 
 
-def media_csv_data(cfg, csv_path, root, split: str, langs: Optional[Sequence[str]] = None) -> CCRData:
-    """A :class:`CCRData` from a caption CSV/TSV over raw media (module docstring)."""
+def media_csv_data(cfg, csv_path, root, split: str, langs: Optional[Sequence[str]] = None,
+                   features=None, ids=None) -> CCRData:
+    """A :class:`CCRData` from a caption CSV/TSV over raw media (module docstring), encoded by
+    ``cfg.visual_encoder``; or, with ``features`` (an ``.npy`` with ``.ids.txt``, e.g. from ``ccr-fast extract``),
+    over those precomputed rows matched by image id (the file stem)."""
     root = Path(str(root)).expanduser()
     path = _under(root, str(csv_path))
     column, rows = read_media_csv(path)
@@ -153,8 +161,20 @@ def media_csv_data(cfg, csv_path, root, split: str, langs: Optional[Sequence[str
             continue
         captions.setdefault(lang, [[] for _ in vids])[order[m]].append(cap)
     skip = bool(cfg.files.skip_bad_media)
-    items = [_media_item(cfg, _under(root, v), column == "video", skip) for v in vids]
-    feats, n_frames, keep = _encode_items(cfg, vids, items, f"{path.name} ({split})")
+    if features is not None:
+        from .readers import read_npy_features, visual_key
+
+        fids, arr = read_npy_features(_under(root, str(features)), None if ids is None else _under(root, str(ids)))
+        row = {visual_key(i): r for r, i in enumerate(fids)}
+        missing = [v for v in vids if visual_key(v) not in row]
+        if missing:
+            raise DataFormatError(f"{features}: {len(missing)} images of {path} have no feature row, e.g. "
+                                  f"{missing[:3]}")
+        feats = np.asarray(arr[np.asarray([row[visual_key(v)] for v in vids], dtype=np.int64)], dtype=np.float32)
+        n_frames, keep = None, np.ones(len(vids), dtype=bool)
+    else:
+        items = [_media_item(cfg, _under(root, v), column == "video", skip) for v in vids]
+        feats, n_frames, keep = _encode_items(cfg, vids, items, f"{path.name} ({split})")
     idx = np.flatnonzero(keep)
     return CCRData(f"{root.name}/{split}", [vids[i] for i in idx], feats,
                    {lang: [c[i] for i in idx] for lang, c in captions.items()}, n_frames=n_frames,
