@@ -20,6 +20,16 @@ def train(config=None, **overrides):
     return _train(config, **overrides)
 
 
+def extract_features(visual_encoder, images, out, *, batch_size=64, dtype="float16", tokens="pooled", device="auto",
+                     **kw) -> str:
+    """Vision-tower features of ``images`` written as ``out`` (``.npy``) + ``.ids.txt``; returns the ``.npy`` path
+    (see :func:`ccr_fast.inference.extract.extract_features`)."""
+    from .inference.extract import extract_features as _extract
+
+    return _extract(visual_encoder, images, out, batch_size=batch_size, dtype=dtype, tokens=tokens, device=device,
+                    **kw)
+
+
 def evaluate(checkpoint, data=None, **overrides):
     """Evaluate a checkpoint (see :func:`ccr_fast.training.evaluate`)."""
     from .training import evaluate as _evaluate
@@ -28,4 +38,4 @@ def evaluate(checkpoint, data=None, **overrides):
 
 
 __all__ = ["backends", "losses", "metrics", "retrieval", "train", "evaluate", "load", "Index", "Retriever",
-           "__version__"]
+           "extract_features", "__version__"]
