@@ -96,6 +96,8 @@ def environment(device: torch.device) -> dict:
         "backends": {k: v["usable"] for k, v in ccr_fast.backends().items()},
         "blas": ccr_fast.backends()["blas"]["detail"],
         "load_average": load_average(),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+        "cpu_bf16_gemm": _bf16_gemm(),
     }
     try:
         import triton
@@ -110,6 +112,17 @@ def environment(device: torch.device) -> dict:
     except Exception:
         env["ccr_fast_cpu_threads"] = None
     return env
+
+
+def _bf16_gemm() -> str:
+    """The bf16 GEMM the blas backend uses on CPU, or why none."""
+    try:
+        from ccr_fast.backends.blas import _lowp
+
+        ok, why = _lowp.status()
+        return why if ok else f"none ({why})"
+    except Exception as exc:  # pragma: no cover - depends on the build
+        return f"none ({type(exc).__name__}: {exc})"
 
 
 def load_average() -> Optional[List[float]]:
