@@ -164,3 +164,26 @@ def test_visual_encoder_needs_raw_media(towers, tmp_path):
                         "output_dir": str(tmp_path)})
     with pytest.raises(ValueError, match="visual_encoder"):
         ccr_fast.train({**FAST, "data": {"train": {"csv": "x.csv"}}, "output_dir": str(tmp_path)})
+
+
+def test_retriever_encodes_image_paths(towers, image_set, tmp_path):
+    """ccr_fast.load on a vision-tower checkpoint: image paths and PIL images encode as the tower's extracted
+    features do, and searching an index of image files finds the items."""
+    from PIL import Image
+
+    tower = str(towers("clip"))
+    res = ccr_fast.train({**FAST, "data": csv_data(image_set), "visual_encoder": tower,
+                          "output_dir": str(tmp_path / "run")})
+    r = ccr_fast.load(res.best_checkpoint, device="cpu")
+    files = sorted((image_set / "images").iterdir())[16:]
+    feats = ccr_fast.extract_features(tower, [str(f) for f in files], tmp_path / "t.npy", dtype="float32",
+                                      batch_size=32, progress=False)
+    from_paths = r.encode_images([str(f) for f in files])
+    from_pil = r.encode_images([Image.open(f) for f in files])
+    from_feats = r.encode_images(np.load(feats))
+    assert from_paths.shape == (8, 32)
+    torch.testing.assert_close(from_paths, from_feats, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(from_pil, from_feats, rtol=1e-5, atol=1e-6)
+    index = r.build_index([str(f) for f in files], ids=[f.stem for f in files])
+    hits = r.search("a red dog", index, k=3, lang="en")
+    assert len(hits) == 1 and len(hits[0]) == 3 and all(h[0].startswith("img0") for h in hits[0])
