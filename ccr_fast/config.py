@@ -78,7 +78,7 @@ class OptimConfig:
     epochs passed since the last halving)."""
 
     optimizer: str = "adamw"  # "adamw" | "adam"
-    lr: Optional[float] = None  # overrides the top-level ``lr`` when set (api.md's ``optim.lr``)
+    lr: Optional[float] = None  # overrides the top-level ``lr`` when set
     weight_decay: float = 0.01
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     schedule: str = "cosine"
@@ -133,7 +133,7 @@ class LinearConfig:
 
 @dataclass
 class NRCCRConfig:
-    """NRCCR loss weights and quirks (methods.md §1). Setting a weight to 0 ablates that loss."""
+    """NRCCR loss weights and quirks (docs/methods.md, "nrccr"). Setting a weight to 0 ablates that loss."""
 
     w_tri_src: float = 1.0
     w_tri_tgt: float = 0.6
@@ -154,7 +154,7 @@ class NRCCRConfig:
 
 @dataclass
 class CL2CMConfig:
-    """CL2CM reconstruction weights (methods.md §2.2; every choice is [UNVERIFIED] and a flag)."""
+    """CL2CM reconstruction weights (docs/methods.md, "cl2cm"; every choice is [UNVERIFIED] and a flag)."""
 
     temperature: float = 0.05
     cm_src: bool = True  # also InfoNCE(v, s) in the CM network
@@ -174,7 +174,7 @@ class CL2CMConfig:
 
 @dataclass
 class CCRkConfig:
-    """CCR^k (methods.md §3). ``mode``: "pretrain" (1-to-K ITC + MITM + CMLM) or "finetune" (id-aware ITC + ITM).
+    """CCR^k (docs/methods.md, "ccrk"). ``mode``: "pretrain" (1-to-K ITC + MITM + CMLM) or "finetune" (id-aware ITC + ITM).
     ``one_to_one``: the ``cclm_easy`` ablation (1-to-1 ITC on one random language per image). ``text_proj``,
     ``vision_proj``, ``caption_groups`` and ``id_aware`` choose the built-in default's variant (docs/results.md)."""
 
@@ -211,7 +211,7 @@ class FilesConfig:
 
     Names may use ``{coll}`` (the collection name, default: the folder name), ``{src}`` / ``{tgt}`` (the first and
     the second language of ``languages``), ``{lang}`` (each evaluated language), ``{feat}`` (``feature``) and
-    ``{split}``. Defaults are the NRCCR Multi30K Task 1 release (methods.md §1.6).
+    ``{split}``. Defaults are the NRCCR Multi30K Task 1 release (docs/training.md, "Data").
 
     ``layout``: "auto" (NRCCR when ``TextData/`` exists, else jsonl), "nrccr" or "jsonl".
     NRCCR: ``train_captions`` (source, MT, back-translation files under ``TextData/``, ``.caption.txt`` implied),
@@ -254,7 +254,7 @@ class FilesConfig:
 
 @dataclass
 class Config:
-    """The whole training configuration (api.md "Configuration keys")."""
+    """The whole training configuration (``ccr-fast train --help`` lists every key, its default and meaning)."""
 
     method: str = "ccrk"
     data: Any = "multi30k"

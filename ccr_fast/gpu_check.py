@@ -454,7 +454,7 @@ def _eager_loss(kind, k):
         labels = torch.arange(x.shape[0], device=x.device)
         return (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.t().float(), labels)) / 2
 
-    def one_to_k(x, t, scale):  # methods.md §3.3, t2i_divisor "K": L = (L_i2t + L_t2i) / (2K)
+    def one_to_k(x, t, scale):  # docs/methods.md "ccrk", t2i_divisor "K": L = (L_i2t + L_t2i) / (2K)
         b = x.shape[0]
         z = (scale * x @ t.reshape(b * k, -1).t()).float()
         lse_r, lse_c = z.logsumexp(1), z.logsumexp(0)

@@ -54,7 +54,7 @@ def _check_divisor(t2i_divisor: str) -> str:
 
 
 def _one_to_k_weights(B: int, K: int, t2i_divisor: str) -> Tuple[float, float]:
-    """(image→text row weight, text→image weight) for B images with K texts each (api.md ``one_to_k_loss``)."""
+    """(image→text row weight, text→image weight) for B images with K texts each (:func:`one_to_k_loss`)."""
     w_i2t = 1.0 / (2.0 * K * B)
     w_t2i = 1.0 / (2.0 * K * B * K) if t2i_divisor == "K" else 1.0 / (2.0 * B * K)
     return w_i2t, w_t2i
@@ -100,7 +100,7 @@ def clip_loss(image_features: Tensor, text_features: Tensor, logit_scale: Scale,
 
 def one_to_k_loss(image_features: Tensor, text_features: Tensor, logit_scale: Scale, *, t2i_divisor: str = "K",
                   backend: str = "auto") -> Tensor:
-    """CCR^k 1-to-K contrastive loss (methods.md §3.3).
+    """CCR^k 1-to-K contrastive loss (docs/methods.md, "ccrk").
 
     ``Z = logit_scale · I Tᵀ`` is B×BK with text ``i·K + k`` belonging to image ``i``.
     ``L_i2t = (1/B) Σ_i Σ_k −log softmax_row(Z_i)[(i,k)]``, ``L_t2i = (1/(BK)) Σ_t −log softmax_col(Z)[img(t), t]``;
@@ -139,7 +139,7 @@ def triplet_loss(a: Tensor, b: Tensor, *, margin: float = 0.2, max_violation: bo
 
 def similarity_distillation_loss(teacher: Tensor, student: Tensor, anchor: Tensor, *,
                                  temperature: float = 0.07) -> Tensor:
-    """NRCCR DTL (methods.md §1.3): soft cross-entropy between the teacher's and the student's similarity
+    """NRCCR DTL (docs/methods.md, "nrccr"): soft cross-entropy between the teacher's and the student's similarity
     distributions over ``anchor``, in both directions, averaged.
 
     ``P = softmax(teacher.detach() · anchorᵀ / τ)``, ``log Q = log_softmax(student · anchorᵀ / τ)``;

@@ -1,6 +1,6 @@
 """Retrieval metrics (api contract: ``ccr_fast.metrics``).
 
-Conventions (methods.md §1.7, §3.7; kernels.md §3.3):
+Conventions (docs/methods.md, "Common parts"):
     * ranks are 0-based as produced by :func:`ccr_fast.retrieval.target_ranks` (stable rule: ties go to the lower
       gallery index); recalls are percentages of ranks < k; MedR = floor(median(rank)) + 1 and MeanR = mean(rank)
       + 1 (1-based, the NRCCR / open_clip convention);

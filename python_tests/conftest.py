@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-# GPU tests cannot pass silently (architecture.md): where a CUDA device is visible, a gpu-marked test fails when the
+# GPU tests cannot pass silently: where a CUDA device is visible, a gpu-marked test fails when the
 # extension was built without CUDA, and a gpu-marked test that skips (a missing optional package, a forgotten
 # skipif) is reported as a failure.
 def _cuda_build_problem():

@@ -13,7 +13,7 @@ from ccr_fast.bench import harness, losses, report, retrieval
 
 
 def _ref_one_to_k(img, txt, scale):
-    """Loop-form float64 1-to-K loss of api.md (t2i_divisor="K")."""
+    """Loop-form float64 1-to-K loss of ccr_fast.losses.one_to_k_loss (t2i_divisor="K")."""
     b, k, d = txt.shape
     z = scale * img.double() @ txt.double().reshape(b * k, d).T
     l_i2t = sum(-torch.log_softmax(z[i], 0)[i * k + j] for i in range(b) for j in range(k)) / b

@@ -1,5 +1,5 @@
 """ccr_fast.metrics: recalls, MedR/MeanR, mAP, the fused evaluate_embeddings vs a brute-force float64 evaluation,
-MRV and score fusion (methods.md Appendix E.4-E.6), plus the documented errors."""
+MRV and score fusion (docs/methods.md, "Common parts"), plus the documented errors."""
 import numpy as np
 import pytest
 import torch

@@ -15,7 +15,7 @@ import types as _types
 
 
 class _CallablePackage(_types.ModuleType):
-    """``ccr_fast.backends`` is both this package and the public report function of api.md: importing a submodule
+    """``ccr_fast.backends`` is both this package and the public report function ``ccr_fast.backends()``: importing a submodule
     binds the package to the ``ccr_fast.backends`` attribute, so calling it must still give the report."""
 
     def __call__(self, *args, **kwargs):

@@ -1,6 +1,6 @@
 """Measurement core shared by every benchmark suite: environment record, interleaved timing, peak memory.
 
-Method (kernels.md §5):
+Method:
 
 * Every provider of one configuration is a zero-argument callable that runs the whole measured operation
   (for losses: forward + backward). Providers are warmed up, then timed **interleaved**: repetition ``r`` runs

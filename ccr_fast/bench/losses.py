@@ -57,7 +57,7 @@ def eager_one_to_k_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Te
         scale: 0-dim logit scale.
 
     Returns:
-        0-dim fp32 loss ``(L_i2t + L_t2i) / (2K)`` (api.md ``one_to_k_loss``).
+        0-dim fp32 loss ``(L_i2t + L_t2i) / (2K)`` (``ccr_fast.losses.one_to_k_loss``).
     """
     b, k, d = text.shape
     logits = (scale * (image @ text.reshape(b * k, d).T)).float()  # [B, B*K]

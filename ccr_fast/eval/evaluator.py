@@ -1,6 +1,6 @@
 """Evaluate a method's encoders on :class:`ccr_fast.data.EvalSet` s: per-language metrics, averages, MRV, fusion.
 
-Protocol (methods.md §1.7, §3.7): full-gallery ranking; t2v = rank of each caption's item; v2t = best rank among
+Protocol (docs/methods.md, "Common parts"): full-gallery ranking; t2v = rank of each caption's item; v2t = best rank among
 the item's captions (mAP over all of them); stable ranks, ties to the lower index; metric keys as
 :func:`ccr_fast.metrics.retrieval_metrics`. Every rank comes from :mod:`ccr_fast.eval.ranking` (the one ranking
 path): :func:`~ccr_fast.eval.ranking.embedding_ranks` for embeddings, the v2t target table for fused ranks.

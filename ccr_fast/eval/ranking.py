@@ -1,6 +1,6 @@
 """The one ranking path of the evaluation: stable ranks, the v2t target table, and the metrics built from them.
 
-Rule (methods.md §1.7, kernels.md §3.3): the 0-based rank of a target ``t`` in a row of scores ``s`` is
+Rule (docs/methods.md, "Common parts"): the 0-based rank of a target ``t`` in a row of scores ``s`` is
 ``#{c : s_c > s_t} + #{c : s_c == s_t and c < t}`` (ties go to the lower index). Two inputs reach it:
 
 * embeddings: :func:`embedding_ranks` streams ``text @ visualᵀ`` through the op engine's fused rank counter

@@ -1,4 +1,4 @@
-"""CCR^k (methods.md §3): 1-to-K contrastive learning + multilingual ITM with hard sampling + cross-modal MLM.
+"""CCR^k (docs/methods.md, "ccrk"): 1-to-K contrastive learning + multilingual ITM with hard sampling + cross-modal MLM.
 
 Batches hold B images, each with K captions (one per language, fixed order, image-major: text ``i·K + k``).
 
@@ -81,7 +81,7 @@ def sample_mitm(sim: torch.Tensor, k: int, index: Optional[torch.Tensor] = None,
 def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_token_id: int, vocab_size: int,
                 special_ids: Sequence[int], prob: float = 0.4, max_masks: int = 12, span_prob: float = 0.2,
                 generator: Optional[random.Random] = None):
-    """CMLM masking of methods.md §3.3.
+    """CMLM masking (docs/methods.md, "ccrk").
 
     Per row, n = min(max_masks, max(1, round(prob·len))) positions among the real (non-special, non-padding)
     tokens; with probability ``span_prob`` a pick extends to a span of 2–3 adjacent tokens. Each masked position

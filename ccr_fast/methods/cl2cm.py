@@ -1,4 +1,4 @@
-"""CL2CM reconstruction (methods.md §2.2 — no public code; every uncertain choice is a ``cfg.cl2cm`` flag).
+"""CL2CM reconstruction (docs/methods.md, "cl2cm" — no public code; every uncertain choice is a ``cfg.cl2cm`` flag).
 
 Two networks trained jointly on (V, S, T*); only the CM network is used at inference (dual-stream retrieval).
 

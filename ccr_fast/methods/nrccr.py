@@ -1,4 +1,4 @@
-"""NRCCR (methods.md §1): noise-robust CCR with a cross-attention teacher, cycle and adversarial losses.
+"""NRCCR (docs/methods.md, "nrccr"): noise-robust CCR with a cross-attention teacher, cycle and adversarial losses.
 
 Per batch of N (visual, S, T*, B̃)::
 

@@ -24,7 +24,7 @@ Keep-Z (``"blas"`` on CPU): when the whole ``M×N`` score matrix fits the blas w
 (:func:`ccr_fast.backends.blas.keeps_scores`), the forward writes ``Z`` into a buffer saved for the backward,
 which reads it instead of recomputing the tiles (one GEMM less). Otherwise the buffer is empty.
 
-Autocast policy (kernels.md §6, the ``custom_fwd``/``custom_bwd``-without-casting rule): when autocast is enabled
+Autocast policy (the ``custom_fwd``/``custom_bwd``-without-casting rule): when autocast is enabled
 for the inputs' device, float16/float32/bfloat16 features are cast to the autocast dtype (fp64 is left alone),
 all reductions stay fp32 and the loss is fp32; gradients come back in each input's own dtype (the cast is part
 of the autograd graph). Without autocast, the inputs' dtype is used as is.

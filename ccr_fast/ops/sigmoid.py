@@ -11,7 +11,7 @@ item, and the label rule ``label(r, c) = +1`` if ``positives`` and ``c // k == r
 ranks' texts with ``positives=False`` (all labels −1).
 
 The loss is a terminal scalar, so the fused kernels form the gradients in the same pass as the loss (one score
-GEMM and two gradient GEMMs per tile while the tile is hot; kernels.md "fold the loss into the gradient") when
+GEMM and two gradient GEMMs per tile while the tile is hot) when
 ``need_grad``; the autograd backward then only multiplies the saved gradients by the upstream gradient.
 
 Contents:

@@ -1,4 +1,4 @@
-"""VSE++ triplet op family (docs/interop.md, "triplet"; NRCCR's ``TripletLoss``, methods.md §1.3).
+"""VSE++ triplet op family (docs/interop.md, "triplet"; NRCCR's triplet loss, docs/methods.md "nrccr").
 
 With ``S[i, j] = b_i · a_j`` (B×B, pairs on the diagonal)::
 

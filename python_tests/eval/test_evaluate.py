@@ -18,7 +18,7 @@ def ref_ranks(S, targets_per_row):
 
 
 def ref_metrics(S, qi):
-    """Brute-force retrieval metrics from the full [Q, G] matrix (methods.md §1.7 protocol)."""
+    """Brute-force retrieval metrics from the full [Q, G] matrix (docs/methods.md, "Common parts")."""
     t2v = np.array([r[0] for r in ref_ranks(S, [[t] for t in qi])])
     items = np.unique(qi)
     all_r = ref_ranks(S.T[items], [np.flatnonzero(qi == g) for g in items])

@@ -4,7 +4,7 @@ Runs only with a CUDA device (``gpu`` marker; on such a machine a skip is a fail
 never under the Triton interpreter: bf16 inputs, d ∈ {256, 512} (> 64: every gradient path walks several feature
 chunks), N ≥ 4096, k ∈ {10, 100}, logits that overflow to −inf, and the exact-score property of the rank counters.
 
-Criterion (flash-attention's, kernels.md §4): max |ours − fp64| ≤ 2 · max |torch in bf16 − fp64| + a floor of 1e-6
+Criterion (flash-attention's): max |ours − fp64| ≤ 2 · max |torch in bf16 − fp64| + a floor of 1e-6
 relative to the largest reference entry. "torch in bf16" is the eager formulation: bf16 GEMM output, fp32 softmax,
 bf16 gradient GEMMs.
 """

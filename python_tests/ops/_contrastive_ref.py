@@ -13,7 +13,7 @@ def clip_ref(img, txt, scale):
 
 
 def one_to_k_ref(img, txt3, scale, t2i_divisor="K"):
-    """api.md one_to_k_loss written out literally in float64; txt3 is [B, K, d]."""
+    """ccr_fast.losses.one_to_k_loss (docs/methods.md, "ccrk") written out literally in float64; txt3 is [B, K, d]."""
     B, K, d = txt3.shape
     z = scale * img.double() @ txt3.reshape(B * K, d).double().T  # [B, BK]
     owner = torch.arange(B * K) // K

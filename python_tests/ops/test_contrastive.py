@@ -264,7 +264,7 @@ def test_one_to_k_with_k1_equals_clip(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("K", [1, 3])
 def test_one_to_k_closed_form_gradient(backend, K):
-    """methods.md §3.3: dL/dZ = (1/(2K))[(K·P − Y)/B + (Q − Y)/(BK)], dI = s·dZ T, dT = s·dZᵀ I, ds = Σ dZ⊙(I Tᵀ)."""
+    """docs/methods.md "ccrk": dL/dZ = (1/(2K))[(K·P − Y)/B + (Q − Y)/(BK)], dI = s·dZ T, dT = s·dZᵀ I, ds = Σ dZ⊙(I Tᵀ)."""
     B, d, s = 5, 6, 4.0
     img = torch.randn(B, d, dtype=torch.float64, requires_grad=True)
     txt = torch.randn(B, K, d, dtype=torch.float64, requires_grad=True)
@@ -439,7 +439,7 @@ def test_opcheck_custom_ops(backend):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# similarity_distillation_loss (NRCCR DTL, methods.md §1.3 and Appendix E.2)
+# similarity_distillation_loss (NRCCR DTL, docs/methods.md "nrccr")
 # ---------------------------------------------------------------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 
 Covers both modes (max-violation, sum of violations), forward costs and hardest-negative indices (ties -> lower
 index), gradients (against autograd of the reference and by gradcheck), fp16/bf16/non-contiguous inputs, the
-methods.md Appendix E.1 cases, documented errors and opcheck of the custom op.
+hand-computed cases (two orthonormal pairs, one swapped pair), documented errors and opcheck of the custom op.
 """
 import pytest
 import torch
