@@ -260,12 +260,17 @@ def same_recipe(row: str) -> str:
 
 def run_derived(key: str, fold: int, checkpoint: str) -> dict:
     """A derived row: the base row's best checkpoint of this fold, ranked with other overrides, on val and test."""
-    from ..training import evaluate
+    from ..eval.scoring import evaluate_method
+    from ..training.checkpoint import load_checkpoint_model
+    from ..training.loop import build_eval_sets
+    from ..training.state_cache import install_state_cache
 
     over = DERIVED[key][2]
     t0 = time.time()
-    val = evaluate(checkpoint, **over, **{"eval.test_split": "val"})
-    test = evaluate(checkpoint, **over)
+    method, cfg = load_checkpoint_model(checkpoint, **over)
+    install_state_cache(method, cfg)  # the process's frozen-encoder states (as ccr_fast.evaluate, without re-encoding)
+    val = evaluate_method(method, build_eval_sets(cfg, method, cfg.eval.val_split), cfg.eval.batch_size)
+    test = evaluate_method(method, build_eval_sets(cfg, method, cfg.eval.test_split), cfg.eval.batch_size)
     return {"row": key, "fold": fold, "overrides": {"from": DERIVED[key][1], **over},
             "wall_seconds": time.time() - t0, "cpu_seconds": 0.0,
             "val": {"mean_sumr": float(val["sumr"]), "choice": {"from": DERIVED[key][1]}},
