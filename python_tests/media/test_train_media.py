@@ -139,6 +139,11 @@ def test_nrccr_layout_with_image_folder(towers, image_set, tmp_path):
     res = ccr_fast.train({**FAST, "method": "nrccr", "data": str(coll), "files.coll": "m30k",
                           "visual_encoder": str(towers("clip")), "output_dir": str(tmp_path / "run")})
     assert _metrics(ccr_fast.evaluate(res.best_checkpoint)) == _metrics(res.metrics)
+    # the shipped NRCCR CLIP-variant config reads the same layout (only data, the towers and CPU sizes changed)
+    res = ccr_fast.train("nrccr_multi30k_de_clip", data=str(coll), output_dir=str(tmp_path / "run2"),
+                         **{**FAST, "method": "nrccr", "files.coll": "m30k", "visual_encoder": str(towers("clip")),
+                            "text_encoder": None, "model.text_hidden": 32, "model.qk_dim": 32, "batch_size": 8})
+    assert np.isfinite(res.metrics["sumr"])
 
 
 def test_corrupt_image_names_the_file_or_is_skipped(towers, image_set, tmp_path, capsys):

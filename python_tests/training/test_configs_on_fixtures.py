@@ -37,8 +37,9 @@ def test_config_trains_two_steps_on_its_fixture(path, tmp_path):
     cfg = load_config(path)
     frames = 3 if cfg.model.visual_encoder == "transformer" else None
     root = fixture_collection(tmp_path / (cfg.files.coll or "coll"), cfg, n_items=16, frames=frames)
+    media = {"visual_encoder": None} if cfg.visual_encoder else {}  # fixtures hold features (media: python_tests/media)
     res = ccr_fast.train(str(path), data=str(root), output_dir=str(tmp_path / "runs"), max_steps=2,
-                         **TINY_ENCODER, **CPU_SIZES)
+                         **TINY_ENCODER, **CPU_SIZES, **media)
     assert Path(res.best_checkpoint, "model.safetensors").is_file()
     assert 0 <= res.metrics["sumr"] <= 600 and res.metrics["languages"]
     again = ccr_fast.evaluate(res.best_checkpoint)
