@@ -491,8 +491,9 @@ class SigLipLoss(nn.Module):
         logits = logit_scale * image_features @ text_features.T
         return logits if logit_bias is None else logits + logit_bias
 
-    def _other_texts(self, texts: Tensor):
-        """The texts of every other rank (a list of [b·K, d] tensors, with gradient), by ``dist_impl``."""
+    def _other_texts(self, texts: Tensor) -> Tuple[list, Optional[Tensor]]:
+        """The texts of every other rank (a list of [b·K, d] tensors, with gradient), by ``dist_impl``, and a
+        zero-valued term that keeps every collective's backward on every rank (``"reduce"``; else None)."""
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError(f"world_size={self.world_size} needs an initialised torch.distributed process group")
         if dist.get_world_size() != self.world_size:
@@ -504,19 +505,20 @@ class SigLipLoss(nn.Module):
             from torch.distributed.nn.functional import all_gather  # noqa: PLC0415
 
             gathered = all_gather(texts)
-            return [t for i, t in enumerate(gathered) if i != r]
+            return [t for i, t in enumerate(gathered) if i != r], None
         if self.dist_impl == "reduce":
             from torch.distributed.nn.functional import all_reduce  # noqa: PLC0415
 
             blocks = [all_reduce(texts * float(r == i)) for i in range(W)]
-            return [t for i, t in enumerate(blocks) if i != r]
+            # the own block stays in the graph (weight 0): every rank must run every all-reduce's backward
+            return [t for i, t in enumerate(blocks) if i != r], 0.0 * blocks[r].sum()
         out = []
         if self.dist_impl == "shift":
             t = texts
             for _ in range(W - 1):
                 t = _ShiftRight.apply(left, right, t)
                 out.append(t)
-            return out
+            return out, None
         to_left = to_right = texts  # bidir
         pairs, odd = divmod(W - 1, 2)
         for _ in range(pairs):
@@ -525,7 +527,7 @@ class SigLipLoss(nn.Module):
             to_left, to_right = from_right, from_left
         if odd:
             out.append(_ShiftRight.apply(left, right, to_right))
-        return out
+        return out, None
 
     def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Scale,
                 logit_bias: Optional[Scale], output_dict: bool = False) -> Union[Tensor, dict]:
@@ -538,7 +540,9 @@ class SigLipLoss(nn.Module):
         texts, K, scale, bias = _sigmoid_inputs(image_features, text_features, logit_scale, logit_bias)
         w = 1.0 / image_features.shape[0]
         loss = sigmoid_loss_op(image_features, texts, scale, bias, k=K, weight=w, backend=self.backend)
-        others = self._other_texts(texts)
+        others, zero = self._other_texts(texts)
+        if zero is not None:
+            loss = loss + zero.to(loss.dtype)
         if others:
             loss = loss + sigmoid_loss_op(image_features, torch.cat(others, dim=0), scale, bias, k=K,
                                           positives=False, weight=w, backend=self.backend)

@@ -12,7 +12,8 @@ ranks' texts with ``positives=False`` (all labels −1).
 
 The loss is a terminal scalar, so the fused kernels form the gradients in the same pass as the loss (one score
 GEMM and two gradient GEMMs per tile while the tile is hot) when
-``need_grad``; the autograd backward then only multiplies the saved gradients by the upstream gradient.
+``need_grad``; the autograd backward then only multiplies the saved gradients by the upstream gradient (a call
+made with ``need_grad=False`` that is differentiated after all recomputes them in its backward).
 
 Contents:
     * :func:`sigmoid_forward_torch`: the plain-torch reference of the kernel contract (the tests' oracle);
@@ -114,15 +115,23 @@ def _setup_context(ctx, inputs, output):
     x, y, scale, bias, k, pos_off, positives, weight, need_grad, backend = inputs
     _, dx, dy, dscale, dbias = output
     ctx.mark_non_differentiable(dx, dy, dscale, dbias)
-    ctx.save_for_backward(dx, dy, dscale, dbias)
+    if need_grad:
+        ctx.save_for_backward(dx, dy, dscale, dbias)
+    else:  # gradients not formed in the forward: recompute them in the backward
+        ctx.save_for_backward(x, y, scale, bias)
     ctx.need_grad = need_grad
+    ctx.args = (k, pos_off, positives, weight)
+    ctx.backend = backend
     ctx.dtypes = (x.dtype, y.dtype, scale.dtype, bias.dtype)
 
 
 def _backward(ctx, grad_loss, _gdx, _gdy, _gds, _gdb):
-    if not ctx.need_grad:
-        raise RuntimeError("ccr_fast::sigmoid_fwd was called with need_grad=False; its gradients were not formed")
-    dx, dy, dscale, dbias = ctx.saved_tensors
+    if ctx.need_grad:
+        dx, dy, dscale, dbias = ctx.saved_tensors
+    else:
+        x, y, scale, bias = ctx.saved_tensors
+        _, dx, dy, dscale, dbias = torch.ops.ccr_fast.sigmoid_fwd(x.detach(), y.detach(), scale.detach(),
+                                                                  bias.detach(), *ctx.args, True, ctx.backend)
     g = grad_loss.to(dx.dtype)
     need = ctx.needs_input_grad
     xt, yt, st, bt = ctx.dtypes
