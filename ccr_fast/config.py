@@ -203,6 +203,9 @@ class CCRkConfig:
     querybank: bool = False  # ITC ranking with query-bank normalisation over the training captions/images
     querybank_beta: float = 20.0  # inverse temperature of that normalisation
     ridge_init: float = 0.0  # > 0: start the visual map from the closed-form ridge solution with this λ (0 = off)
+    itc_loss: str = "softmax"  # "softmax" (1-to-K InfoNCE, temperature) | "sigmoid" (SigLIP: learnable scale + bias)
+    sigmoid_scale_init: float = 10.0  # itc_loss "sigmoid": initial scale exp(t'), t' learnable (SigLIP: log 10)
+    sigmoid_bias_init: float = -10.0  # itc_loss "sigmoid": initial learnable bias (SigLIP: -10)
 
 
 @dataclass

@@ -11,12 +11,16 @@ Batches hold B images, each with K captions (one per language, fixed order, imag
 * ``mode="finetune"``: id-aware ITC (all K captions of an image are positives, row-normalised labels, i.e.
   ``one_to_k_loss(..., t2i_divisor="1")``) + ITM with a uniformly chosen positive; τ not clamped; no MLM.
 * ``one_to_one=True`` (the ``cclm_easy`` ablation): 1-to-1 ITC (``clip_loss``) on one random language per image.
+* ``itc_loss="sigmoid"``: the ITC term is SigLIP's pairwise sigmoid loss (``sigmoid_loss`` with the K texts of each
+  image as its positives; ``SigLipLoss`` across ranks) with a learnable scale ``exp(t')`` and bias, initialised as
+  in SigLIP (``sigmoid_scale_init`` 10, ``sigmoid_bias_init`` −10) and not clamped; it replaces τ everywhere.
 
 Inference is two-stage: ITC cosine → top ``k_test`` candidates (``ccr_fast.retrieval.topk``) → re-scored by the ITM
 positive logit (:meth:`CCRk.itm_scores`), every non-candidate ranked below them (:meth:`CCRk.score`).
 """
 from __future__ import annotations
 
+import math
 import random
 from typing import Optional, Sequence
 
@@ -210,7 +214,18 @@ class CCRk(Method):
             self.vision_proj = nn.Linear(m.visual_hidden, m.embed_dim)
         else:
             raise ConfigError(f"ccrk.vision_proj must be 'linear' or 'identity', got {c.vision_proj!r}")
-        self.temp = nn.Parameter(torch.tensor(float(c.temp_init)))
+        if c.itc_loss not in ("softmax", "sigmoid"):
+            raise ConfigError(f"ccrk.itc_loss must be 'softmax' or 'sigmoid', got {c.itc_loss!r}")
+        if c.itc_loss == "sigmoid":  # SigLIP: scale exp(t') and bias, both learnable, no temperature clamp
+            if c.id_aware:
+                raise ConfigError("ccrk.itc_loss='sigmoid' labels each image's own texts; it cannot be combined "
+                                  "with ccrk.id_aware (set one of them off)")
+            if not c.sigmoid_scale_init > 0:
+                raise ConfigError(f"ccrk.sigmoid_scale_init: expected a positive float, got {c.sigmoid_scale_init}")
+            self.itc_log_scale = nn.Parameter(torch.tensor(math.log(float(c.sigmoid_scale_init))))
+            self.itc_bias = nn.Parameter(torch.tensor(float(c.sigmoid_bias_init)))
+        else:
+            self.temp = nn.Parameter(torch.tensor(float(c.temp_init)))
         self.fusion = FusionEncoder(h, m.visual_hidden, c.fusion_width, c.fusion_layers, heads=4, dropout=m.dropout)
         self.itm_head = ITMHead(c.fusion_width)
         self.mlm_head = MLMHead(c.fusion_width, len(self.tokenizer)) if c.mode == "pretrain" else None
@@ -342,6 +357,8 @@ class CCRk(Method):
         return F.normalize(self.vision_proj(self.visual_hidden(visual, mask)), dim=-1)
 
     def logit_scale(self):
+        if self.mcfg.itc_loss == "sigmoid":
+            return self.itc_log_scale.exp()
         return 1.0 / self.temp
 
     def itm_logits(self, states, mask, vis_hidden, vis_mask=None):
@@ -349,6 +366,8 @@ class CCRk(Method):
 
     # --- training ---------------------------------------------------------------------------------------------
     def clamp_temperature(self):
+        if self.mcfg.itc_loss == "sigmoid":
+            return
         with torch.no_grad():
             self.temp.clamp_(self.mcfg.temp_min, self.mcfg.temp_max)
 
@@ -357,6 +376,13 @@ class CCRk(Method):
         rank, world = self._dist
         if c.id_aware and index is not None:
             return id_aware_itc(img, txt, index, k, self.logit_scale())
+        if c.itc_loss == "sigmoid":
+            if world > 1:
+                if self.itc_k != ("sigmoid", k):
+                    self._itc_mod = L.SigLipLoss(rank=rank, world_size=world)
+                    self.itc_k = ("sigmoid", k)
+                return self._itc_mod(img, txt.view(img.shape[0], k, -1), self.logit_scale(), self.itc_bias)
+            return L.sigmoid_loss(img, txt.view(img.shape[0], k, -1), self.logit_scale(), self.itc_bias)
         divisor = "1" if c.mode == "finetune" else c.t2i_divisor
         if world > 1:
             if self.itc_k != k:
@@ -381,7 +407,8 @@ class CCRk(Method):
         out = {}
         if c.one_to_one:
             pick = torch.tensor([i * k + self.rng.randrange(k) for i in range(b)], device=txt.device)
-            out["itc"] = L.clip_loss(img, txt[pick], self.logit_scale())
+            out["itc"] = (L.sigmoid_loss(img, txt[pick], self.logit_scale(), self.itc_bias)
+                          if c.itc_loss == "sigmoid" else L.clip_loss(img, txt[pick], self.logit_scale()))
         else:
             out["itc"] = self._itc(img, txt, k, batch.get("index"))
         weights = {"itc": c.w_itc, "itm": c.w_itm, "mlm": c.w_mlm if c.mode == "pretrain" else 0.0}
