@@ -1,6 +1,6 @@
 """bf16 / fp16 inputs: the losses run their GEMMs in the input precision with fp32 accumulation, everything else fp32.
 
-Tolerances (docs/performance.md, "Low-precision inputs"), against float64 references:
+Tolerances (docs/precision.md), against float64 references:
 
 * on the **same rounded inputs** (the reference widens the bf16/fp16 values exactly): products of two bf16 or
   fp16 numbers are exact in fp32, so the loss, the LSEs and dscale carry only fp32 accumulation error:

@@ -1,6 +1,6 @@
 """The bf16 GEMM of the ``"blas"`` backend on CPU: found, registered with ``ccr_fast._C`` once per process.
 
-Which low-precision GEMM, by measurement on an AMX / AVX512-BF16 Xeon (2 threads; docs/performance.md, "bf16"):
+Which low-precision GEMM, by measurement on an AMX / AVX512-BF16 Xeon (2 threads; docs/precision.md):
 oneDNN's BRGeMM ukernel as torch exports it (``at::native::cpublas::brgemm``, bf16 × bf16 → fp32 accumulate, B in
 VNNI layout) runs ~1 TFLOP/s per core on 256×64×256 blocks; ``torch.mm`` in bf16 (oneDNN, 270–480 GFLOP/s on two
 threads) rounds its output to bf16 (``aten::mm.dtype`` has no CPU kernel); MKL's ``cblas_gemm_bf16bf16f32`` ran

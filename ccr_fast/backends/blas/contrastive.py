@@ -10,8 +10,8 @@ Extra keyword (this backend only): ``keep`` [M, N] acc (forward: also store the 
 bf16 CPU inputs (when :mod:`._lowp` is available) run their GEMMs in bf16 with fp32 accumulation (oneDNN BRGeMM);
 the LSEs, dZ (formed in fp32, rounded once to bf16 as a GEMM operand) and dscale stay fp32. The operands are
 copied into zero-padded bf16 buffers (rows and d to multiples of 64); Z is recomputed in the backward (no
-keep-Z: the bf16 GEMM is faster than reading the kept scores back). fp16 (and bf16 without the bf16 GEMM) are
-widened to fp32 exactly and take the fp32 path.
+keep-Z for bf16). fp16 (and bf16 without the bf16 GEMM) are widened to fp32 exactly and take the fp32 path
+(docs/precision.md).
 """
 from __future__ import annotations
 
