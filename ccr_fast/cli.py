@@ -57,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccr_fast", parents=[common],
                                      description="ccr_fast training / evaluation / benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", parents=[common],
-                       help="train a method (default: the built-in run on the shipped data)")
+    from .config import config_help
+
+    t = sub.add_parser("train", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="train a method (default: the built-in run on the shipped data)", epilog=config_help())
     t.add_argument("--config", default=None,
                    help="a shipped config name (e.g. nrccr_multi30k_de; see ccr_fast/configs/) or a YAML/JSON file")
     t.add_argument("overrides", nargs="*", help="key=value config overrides (dotted keys for sections)")

@@ -52,21 +52,21 @@ class ModelConfig:
     """
 
     visual_dim: Optional[int] = None  # None = the data's feature width; a different value is an error
-    visual_encoder: str = "mlp"  # "mlp" | "linear" | "transformer" (frames)
-    visual_hidden: int = 1024
-    text_hidden: int = 384
-    embed_dim: int = 512
-    heads: int = 8
-    qk_dim: int = 512
-    dropout: float = 0.1
-    map_dropout: float = 0.2
-    trainable_layers: Optional[List[Any]] = None
+    visual_encoder: str = "mlp"  # "mlp" | "linear" | "norm_linear" | "transformer" (frames)
+    visual_hidden: int = 1024  # width of the visual encoder's output
+    text_hidden: int = 384  # width of the NRCCR/baseline text head
+    embed_dim: int = 512  # width of the common retrieval space
+    heads: int = 8  # attention heads of the text head / frame transformer
+    qk_dim: int = 512  # query/key width of those attention blocks
+    dropout: float = 0.1  # dropout in heads and attention (norm_linear: on the features)
+    map_dropout: float = 0.2  # dropout of the mapping into the common space
+    trainable_layers: Optional[List[Any]] = None  # encoder layers that train (ints or names); None = all, [] = frozen
     train_top_layers: int = 0  # also train the top n encoder layers (added to trainable_layers; 0 = none)
-    cache_text_states: bool = False
-    max_tokens: int = 40
-    text_prefix: str = ""
-    tiny_text_encoder: int = 0
-    tiny_text_layers: int = 2
+    cache_text_states: bool = False  # cache the frozen encoder's token states per caption (fast CPU training)
+    max_tokens: int = 40  # captions are cut to this many tokens
+    text_prefix: str = ""  # prepended to every caption (e5 wants "query: ")
+    tiny_text_encoder: int = 0  # > 0: a random-init BERT of this width instead of text_encoder (tests)
+    tiny_text_layers: int = 2  # layers of that tiny BERT
     visual_trainable_layers: Optional[List[Any]] = field(default_factory=list)  # tower blocks that train ([]: frozen)
     visual_tokens: str = "pooled"  # tower output: "pooled" [N, D] | "patches" [N, T, D]
 
@@ -79,13 +79,13 @@ class OptimConfig:
 
     optimizer: str = "adamw"  # "adamw" | "adam"
     lr: Optional[float] = None  # overrides the top-level ``lr`` when set
-    weight_decay: float = 0.01
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    schedule: str = "cosine"
-    warmup: float = 0.1
-    decay: float = 0.99
-    grad_clip: float = 2.0
-    grad_accum: int = 1
+    weight_decay: float = 0.01  # decoupled (adamw) or L2 (adam) weight decay
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam betas
+    schedule: str = "cosine"  # "constant" | "linear" | "cosine" | "plateau" (NRCCR rule)
+    warmup: float = 0.1  # linear warm-up as a fraction of the steps
+    decay: float = 0.99  # plateau: lr factor per epoch
+    grad_clip: float = 2.0  # clip the gradient L2 norm to this (0 = off)
+    grad_accum: int = 1  # optimiser step every n batches
     amp: bool = True  # only used on CUDA
     head_lr_mult: float = 1.0  # lr of everything but the text encoder = lr * head_lr_mult (the encoder gets lr)
 
@@ -96,25 +96,25 @@ class EvalConfig:
     averaged over the validation languages; ``patience``: early stopping after that many non-improving epochs
     (0 = off)."""
 
-    metric: str = "sumr"
-    patience: int = 10
-    batch_size: int = 128
-    val_split: str = "val"
-    test_split: str = "test"
-    every_epoch: bool = True
+    metric: str = "sumr"  # selection score: "sumr" | "mr" | "t2v_sumr", mean over languages
+    patience: int = 10  # stop after this many non-improving epochs (0 = never)
+    batch_size: int = 128  # encoding batch size for evaluation
+    val_split: str = "val"  # split used for validation/model selection
+    test_split: str = "test"  # split reported as test
+    every_epoch: bool = True  # validate after every epoch (else only at the end)
 
 
 @dataclass
 class BaselineConfig:
     """Dual encoder trained on (V,S) and (V,T): ``loss`` "triplet" (VSE++) or "infonce"."""
 
-    loss: str = "infonce"
-    margin: float = 0.2
-    max_violation: bool = True
-    temperature: float = 0.05
-    w_src: float = 1.0
-    w_tgt: float = 1.0
-    masked_pool: bool = True
+    loss: str = "infonce"  # "infonce" (CLIP loss) | "triplet" (VSE++)
+    margin: float = 0.2  # triplet margin
+    max_violation: bool = True  # triplet: hardest negative only (else sum over negatives)
+    temperature: float = 0.05  # infonce temperature
+    w_src: float = 1.0  # weight of the (V, S) loss
+    w_tgt: float = 1.0  # weight of the (V, T*) loss
+    masked_pool: bool = True  # mean over real tokens (False = over the padded length)
 
 
 @dataclass
@@ -125,9 +125,11 @@ class LinearConfig:
     ``querybank``: rank with query-bank normalisation over the training captions and images, with the
     ``querybank_betas`` value that is best on validation (jointly with λ)."""
 
+    # ridge strengths tried (x mean eigenvalue); best on validation
     lambdas: List[float] = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
-    center_text: bool = True
+    center_text: bool = True  # subtract the mean training caption embedding
     querybank: bool = False  # rank with query-bank normalisation (ccr_fast.eval.querybank); β picked on validation
+    # query-bank inverse temperatures tried with querybank
     querybank_betas: List[float] = field(default_factory=lambda: [5.0, 10.0, 20.0, 30.0])
 
 
@@ -135,18 +137,18 @@ class LinearConfig:
 class NRCCRConfig:
     """NRCCR loss weights and quirks (docs/methods.md, "nrccr"). Setting a weight to 0 ablates that loss."""
 
-    w_tri_src: float = 1.0
-    w_tri_tgt: float = 0.6
-    w_dtl: float = 0.4
-    w_feat: float = 0.1
-    w_cyc: float = 0.5
-    w_adv: float = 0.001
-    margin: float = 0.2
-    max_violation: bool = True
-    dtl_temperature: float = 0.07
-    smooth_l1_beta: float = 4.0
-    disc_type: str = "not-so-weak"
-    disc_lr: float = 1e-3
+    w_tri_src: float = 1.0  # weight of triplet(source, visual)
+    w_tri_tgt: float = 0.6  # weight of triplet(MT target, visual)
+    w_dtl: float = 0.4  # weight of the similarity distillation from the teacher
+    w_feat: float = 0.1  # weight of SmoothL1(target, teacher)
+    w_cyc: float = 0.5  # weight of triplet(source, back-translation)
+    w_adv: float = 0.001  # weight of the adversarial language loss
+    margin: float = 0.2  # triplet margin
+    max_violation: bool = True  # triplet: hardest negative only
+    dtl_temperature: float = 0.07  # temperature of the distillation softmaxes
+    smooth_l1_beta: float = 4.0  # SmoothL1 beta of the feature distillation
+    disc_type: str = "not-so-weak"  # language discriminator: "weak" | "not-so-weak" | "strong"
+    disc_lr: float = 1e-3  # the discriminator's Adam lr
     masked_pool: bool = False  # False = official unmasked mean over the padded length
     fusion_weight: float = 0.2  # weight of the MT-to-English query at inference (translate-test), test
     fusion_weight_val: Optional[float] = None  # the same weight for validation (None = fusion_weight)
@@ -156,44 +158,45 @@ class NRCCRConfig:
 class CL2CMConfig:
     """CL2CM reconstruction weights (docs/methods.md, "cl2cm"; every choice is [UNVERIFIED] and a flag)."""
 
-    temperature: float = 0.05
+    temperature: float = 0.05  # InfoNCE temperature (CM and sentence losses)
     cm_src: bool = True  # also InfoNCE(v, s) in the CM network
-    w_sent: float = 1.0
-    w_word: float = 0.1
-    w_kt: float = 1.0
-    kt_teacher_temperature: float = 0.05
-    kt_student_temperature: float = 0.05
-    kt_rows: bool = True
-    kt_cols: bool = True
-    ot_eps: float = 0.05
-    ot_iters: int = 50
+    w_sent: float = 1.0  # weight of the sentence-level InfoNCE(s, t*)
+    w_word: float = 0.1  # weight of the word-level optimal-transport loss
+    w_kt: float = 1.0  # weight of the relational distillation CL -> CM
+    kt_teacher_temperature: float = 0.05  # temperature of the teacher relations sim(s, t*)
+    kt_student_temperature: float = 0.05  # temperature of the student relations sim(v, t*)
+    kt_rows: bool = True  # distil the row distributions
+    kt_cols: bool = True  # distil the column distributions
+    ot_eps: float = 0.05  # Sinkhorn entropic regularisation
+    ot_iters: int = 50  # Sinkhorn iterations
     ot_mode: str = "distance"  # "distance" (<Π,C>) | "target" (Π as soft target of token similarities)
-    share_text_encoder: bool = True
-    masked_pool: bool = True
+    share_text_encoder: bool = True  # CL and CM share the text encoder (else a copy)
+    masked_pool: bool = True  # mean over real tokens (False = over the padded length)
 
 
 @dataclass
 class CCRkConfig:
-    """CCR^k (docs/methods.md, "ccrk"). ``mode``: "pretrain" (1-to-K ITC + MITM + CMLM) or "finetune" (id-aware ITC + ITM).
-    ``one_to_one``: the ``cclm_easy`` ablation (1-to-1 ITC on one random language per image). ``text_proj``,
-    ``vision_proj``, ``caption_groups`` and ``id_aware`` choose the built-in default's variant (docs/results.md)."""
+    """CCR^k (docs/methods.md, "ccrk"). ``mode``: "pretrain" (1-to-K ITC + MITM + CMLM) or "finetune" (id-aware
+    ITC + ITM). ``one_to_one``: the ``cclm_easy`` ablation (1-to-1 ITC on one random language per image).
+    ``text_proj``, ``vision_proj``, ``caption_groups`` and ``id_aware`` choose the built-in default's variant
+    (docs/results.md)."""
 
-    mode: str = "pretrain"
-    temp_init: float = 0.07
-    temp_min: float = 0.001
-    temp_max: float = 0.5
-    t2i_divisor: str = "K"
-    w_itc: float = 1.0
-    w_itm: float = 1.0
-    w_mlm: float = 1.0
+    mode: str = "pretrain"  # "pretrain" (ITC + MITM + CMLM) | "finetune" (id-aware ITC + ITM)
+    temp_init: float = 0.07  # initial learnable temperature
+    temp_min: float = 0.001  # pretrain: lower clamp of the temperature
+    temp_max: float = 0.5  # pretrain: upper clamp of the temperature
+    t2i_divisor: str = "K"  # "K" (released code: extra 1/K on text->image) | "1"
+    w_itc: float = 1.0  # weight of the (1-to-K) contrastive loss
+    w_itm: float = 1.0  # weight of the matching (ITM/MITM) loss
+    w_mlm: float = 1.0  # weight of the cross-modal MLM loss
     positive_sampling: int = 1  # 0 uniform, 1 favour low-similarity languages (released default), 2 on logits
-    fusion_layers: int = 2
-    fusion_width: int = 256
-    mask_prob: float = 0.4
-    max_masks: int = 12
-    span_prob: float = 0.2
-    k_test: int = 16
-    one_to_one: bool = False
+    fusion_layers: int = 2  # layers of the fusion encoder (ITM/MLM)
+    fusion_width: int = 256  # width of the fusion encoder
+    mask_prob: float = 0.4  # CMLM: fraction of tokens masked
+    max_masks: int = 12  # CMLM: at most this many masked tokens
+    span_prob: float = 0.2  # CMLM: probability of span masking
+    k_test: int = 16  # ITM re-rank of the top k ITC candidates (0 = ITC only)
+    one_to_one: bool = False  # 1-to-1 ITC on one random language (the CCLM-style ablation)
     pool: str = "cls"  # "cls" | "mean"
     text_proj: str = "linear"  # "linear" | "identity" (the encoder's pooled space itself; embed_dim = its width)
     vision_proj: str = "linear"  # "linear" | "identity" (the visual encoder's output is the embedding)
@@ -228,25 +231,29 @@ class FilesConfig:
     captions for source caption ``j`` — off by default, so a missing file is an error naming it.
     """
 
-    layout: str = "auto"
-    coll: Optional[str] = None
+    layout: str = "auto"  # "auto" | "nrccr" | "jsonl" (collection folders)
+    coll: Optional[str] = None  # collection name in file names (None = the folder name)
+    # nrccr: source, MT and back-translation caption files
     train_captions: List[str] = field(default_factory=lambda: [
         "{coll}train_{src}c", "{coll}train_google_{src}c2{tgt}", "{coll}train_google_{src}c2{tgt}2{src}c"])
+    # nrccr: per language, human captions and their MT
     val_captions: List[str] = field(default_factory=lambda: ["{coll}val_{lang}_task1", "{coll}val_google_{lang}2{src}c"])
+    # nrccr: per language, human captions and their MT
     test_captions: List[str] = field(default_factory=lambda: [
         "{coll}test_{lang}_2016_task1", "{coll}test_google_{lang}2{src}c_2016"])
-    feature: str = "resnet_152"
+    feature: str = "resnet_152"  # feature folder under FeatureData/
     feature_files: Dict[str, str] = field(default_factory=lambda: {
         "train": "train-{feat}-avgpool.npy", "val": "val-{feat}-avgpool.npy",
-        "test": "test_2016_flickr-{feat}-avgpool.npy"})
+        "test": "test_2016_flickr-{feat}-avgpool.npy"})  # nrccr: .npy feature file per split
     id_files: Dict[str, str] = field(default_factory=lambda: {
-        "train": "train_id.txt", "val": "val_id.txt", "test": "test_id_2016.txt"})
+        "train": "train_id.txt", "val": "val_id.txt", "test": "test_id_2016.txt"})  # nrccr: row-order id file per split
+    # jsonl: caption file per split and language
     jsonl_captions: Dict[str, str] = field(default_factory=lambda: {
         "train": "train.{lang}.jsonl", "val": "val.{lang}.jsonl", "test": "test.{lang}.jsonl"})
-    jsonl_mt: Dict[str, str] = field(default_factory=dict)
-    features: str = "features.npy"
-    max_frames: Optional[int] = None
-    mt_stand_in: bool = False
+    jsonl_mt: Dict[str, str] = field(default_factory=dict)  # jsonl: MT-into-source file per split (optional)
+    features: str = "features.npy"  # jsonl: .npy (+ .ids.txt) or BigFile folder
+    max_frames: Optional[int] = None  # keep at most this many frames per video (None = all)
+    mt_stand_in: bool = False  # missing MT / back-translation: use human captions instead
     image_root: Optional[str] = None  # JSONL img_path / CSV image paths are under it
     image_folder: str = "ImageData"  # NRCCR layout: images / frame folders here
     skip_bad_media: bool = False  # bad image/frame: skip + report, not an error
@@ -259,24 +266,25 @@ class FilesConfig:
 class Config:
     """The whole training configuration (``ccr-fast train --help`` lists every key, its default and meaning)."""
 
-    method: str = "ccrk"
-    data: Any = "multi30k"
+    method: str = "ccrk"  # "baseline" | "linear" | "nrccr" | "cl2cm" | "ccrk"
+    data: Any = "multi30k"  # "shipped", "synthetic", a collection folder or a mapping
+    # source first, then the targets / the K languages
     languages: List[str] = field(default_factory=lambda: ["en", "de", "fr", "cs"])
     text_encoder: Optional[str] = None  # None = shipped e5; a HF folder or cached hub id
     visual_encoder: Optional[str] = None  # None = features; HF folder or cached hub id
-    epochs: int = 10
-    max_steps: Optional[int] = None
-    batch_size: int = 64
-    lr: float = 1e-4
-    seed: int = 0
-    device: str = "auto"
-    output_dir: str = "runs"
-    resume: Optional[str] = None
+    epochs: int = 10  # training epochs
+    max_steps: Optional[int] = None  # stop after this many optimiser steps (None = epochs)
+    batch_size: int = 64  # training batch size (items, or images for ccrk)
+    lr: float = 1e-4  # learning rate
+    seed: int = 0  # random seed (data order, init, sampling)
+    device: str = "auto"  # "auto" | "cpu" | "cuda[:i]"
+    output_dir: str = "runs"  # run folders are created under this folder
+    resume: Optional[str] = None  # run/checkpoint folder to resume, or "auto"
     save_every_steps: int = 0  # also checkpoint ("last") every N optimiser steps; 0 = only at epoch ends
     save_encoder: bool = False  # checkpoints also hold the frozen text encoder (self-contained), else its path+hash
-    num_workers: int = 0
-    log_every: int = 10
-    progress: bool = True
+    num_workers: int = 0  # DataLoader worker processes
+    log_every: int = 10  # log the losses every n steps
+    progress: bool = True  # show a progress bar and print the test metrics
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -518,3 +526,78 @@ def parse_value(text: str):
 def save_config(cfg: Config, path: Union[str, Path]) -> None:
     """Write the config as JSON (YAML readers accept it too)."""
     Path(path).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------- key reference
+# The one place every key is documented is its field above: the trailing ``# comment`` (or a comment line right
+# above a long field) is its one-line meaning; ``ccr-fast train --help`` is generated from it.
+def _field_comments() -> Dict[str, Dict[str, str]]:
+    """``{class name: {field: one-line meaning}}`` read from this module's source (shipped with the package)."""
+    import ast
+    import io
+    import tokenize
+
+    src = Path(__file__).read_text(encoding="utf-8")
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(src).readline) if tok.type == tokenize.COMMENT}
+    lines = src.splitlines()
+    out: Dict[str, Dict[str, str]] = {}
+    for node in ast.parse(src).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for st in node.body:
+            if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name):
+                text = comments.get(st.lineno) or comments.get(st.end_lineno)
+                above = st.lineno - 1
+                if not text and above in comments and lines[above - 1].strip().startswith("#"):
+                    text = comments[above]
+                out.setdefault(node.name, {})[st.target.id] = text or ""
+    return out
+
+
+def _show(value) -> str:
+    return json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value or '""'
+
+
+def config_keys() -> List[Dict[str, str]]:
+    """Every configuration key: ``[{"key": "optim.lr", "default": "null", "help": "..."}, ...]`` in the order of
+    the dataclasses (top-level keys first, then each section's keys)."""
+    notes = _field_comments()
+    rows, sections = [], []
+    cfg = Config()
+    for f in dataclasses.fields(Config):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            sections.append((f.name, value))
+            continue
+        rows.append({"key": f.name, "default": _show(value), "help": notes["Config"].get(f.name, "")})
+    for name, section in sections:
+        doc = (type(section).__doc__ or "").strip().split("\n")[0]
+        rows.append({"key": f"{name}.*", "default": "", "help": doc})
+        for f in dataclasses.fields(section):
+            rows.append({"key": f"{name}.{f.name}", "default": _show(getattr(section, f.name)),
+                         "help": notes[type(section).__name__].get(f.name, "")})
+    return rows
+
+
+def config_help() -> str:
+    """The key reference printed by ``ccr-fast train --help``: every key, its default and its meaning; where the
+    built-in run (no ``--config``) differs from a default, its value too."""
+    builtin = dataclasses.asdict(load_config("default"))
+    import textwrap
+
+    lines = ["configuration keys (override with key=value; dotted keys for sections; lists as [a,b]).",
+             "Without --config the built-in run (ccr_fast/configs/default.yaml) applies first: its values are shown",
+             "as [built-in: ...] where they differ from the default.",
+             *textwrap.wrap("Shipped configs (--config NAME): " + ", ".join(config_names()), 110), ""]
+    for row in config_keys():
+        if row["key"].endswith(".*"):
+            lines += ["", f"{row['key'][:-2]}: {row['help']}"]
+            continue
+        value = builtin
+        for part in row["key"].split("."):
+            value = value[part]
+        extra = "" if _show(value) == row["default"] else f" [built-in: {_show(value)}]"
+        lines.append(f"  {row['key']} = {row['default']}{extra}")
+        lines.append(f"      {row['help']}")
+    return "\n".join(lines)
