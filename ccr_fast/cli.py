@@ -127,7 +127,8 @@ def _run(args) -> int:
         if result is not None:
             print(json.dumps({"best_checkpoint": result.best_checkpoint, "run_dir": result.run_dir}))
         return 0
-    from .eval import evaluate, format_metrics
+    from .eval import format_metrics
+    from .training import evaluate
 
     metrics = evaluate(args.checkpoint, **overrides)
     if metrics is not None:

@@ -83,3 +83,28 @@ def test_no_module_level_import_cycles():
     graph = _graph()
     assert "ccr_fast.training.loop" in graph and "ccr_fast.eval.scoring" in graph["ccr_fast.training.loop"]
     assert _cycles(graph) == []
+
+
+def test_eval_never_imports_training():
+    """Evaluation is below training (architecture revision 3): no module of ccr_fast/eval imports ccr_fast.training,
+    at module level or inside a function (ccr_fast.evaluate, which loads checkpoints, lives in training/)."""
+    files = sorted((ROOT / "eval").rglob("*.py"))
+    assert len(files) >= 5  # the folder was found
+    bad = {}
+    for path in files:
+        name = _name(path)
+        pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                parts = pkg.split(".")
+                base = (".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                        if node.level else node.module or "")
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            hits = [t for t in targets if t == "ccr_fast.training" or t.startswith("ccr_fast.training.")]
+            if hits:
+                bad.setdefault(name, []).extend(hits)
+    assert bad == {}

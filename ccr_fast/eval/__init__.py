@@ -1,4 +1,4 @@
-"""Evaluation pipeline: encode in batches, rank with :func:`ccr_fast.retrieval.target_ranks`, metrics of
+"""Evaluation pipeline (used by training and inference; it imports neither): encode in batches, rank with :func:`ccr_fast.retrieval.target_ranks`, metrics of
 :mod:`ccr_fast.metrics`, NRCCR translate-test fusion (streamed), CCR^k MRV, COCO-style folds, tables and JSON."""
 from __future__ import annotations
 
@@ -8,16 +8,9 @@ from .report import flatten_results, format_table, load_results, save_results
 from .scoring import (evaluate_method, flat_metrics, format_metrics, metrics_from_scores, ranks_from_scores,
                       rerank_results, rerank_scores)
 
+# Evaluating a checkpoint (loading it, building its eval sets) is training's business: ccr_fast.evaluate /
+# ccr_fast.training.evaluate. eval/ never imports training/ (python_tests/test_import_graph.py).
 
-
-def evaluate(checkpoint, data=None, **overrides) -> dict:
-    """Test metrics of a checkpoint (the public entry point :func:`ccr_fast.evaluate`; loading a checkpoint lives
-    in :mod:`ccr_fast.training.checkpoint`, imported here only when called)."""
-    from ..training.loop import evaluate as _evaluate
-
-    return _evaluate(checkpoint, data=data, **overrides)
-
-
-__all__ = ["evaluate", "evaluate_encoders", "encode_in_batches", "ranks_from_embeddings", "fused_ranks", "format_table",
+__all__ = ["evaluate_encoders", "encode_in_batches", "ranks_from_embeddings", "fused_ranks", "format_table",
            "flatten_results", "save_results", "load_results", "METRIC_KEYS", "evaluate_method", "format_metrics",
            "flat_metrics", "metrics_from_scores", "ranks_from_scores", "rerank_results", "rerank_scores"]
