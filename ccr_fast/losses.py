@@ -246,8 +246,12 @@ class ClipLoss(nn.Module):
             return labels
         return self.labels[device]
 
-    def get_logits(self, image_features: Tensor, text_features: Tensor, logit_scale: Scale) -> Tuple[Tensor, Tensor]:
+    def get_logits(self, image_features: Tensor, text_features: Tensor, logit_scale: Scale,
+                   logit_bias: Optional[Scale] = None) -> Tuple[Tensor, Tensor]:
         """open_clip-compatible dense logits (materialises them; for inspection, not used by :meth:`forward`)."""
+        if logit_bias is not None:
+            per_image, per_text = self.get_logits(image_features, text_features, logit_scale)
+            return per_image + logit_bias, per_text + logit_bias
         if self.world_size > 1:
             all_i = gather_features(image_features, local_loss=self.local_loss,
                                     gather_with_grad=self.gather_with_grad, rank=self.rank,
@@ -263,8 +267,19 @@ class ClipLoss(nn.Module):
         return per_image, per_image.T
 
     def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Scale,
-                output_dict: bool = False) -> Union[Tensor, dict]:
-        """Loss of a local batch: image_features [b, d], text_features [b, d]; 0-dim float32 (or a dict)."""
+                logit_bias: Optional[Scale] = None, output_dict: bool = False) -> Union[Tensor, dict]:
+        """Loss of a local batch: image_features [b, d], text_features [b, d]; 0-dim float32 (or a dict).
+
+        ``logit_bias`` (open_clip's argument; None, a float or a 0-dim tensor) shifts every logit equally, which
+        leaves the softmax cross-entropy unchanged: it enters the graph with gradient 0, as in open_clip.
+        """
+        if isinstance(logit_bias, bool) or isinstance(output_dict, Tensor):
+            raise TypeError("logit_bias must be None, a float or a 0-dim tensor (the 4th positional argument, as in "
+                            "open_clip); pass output_dict=True by keyword")
+        bias = None
+        if logit_bias is not None:
+            check_tensor("image_features", image_features, ndim=2, nonempty=False)
+            bias = check_scale(logit_bias, image_features.device, "logit_bias")
         if self.world_size == 1:
             loss = clip_loss(image_features, text_features, logit_scale, backend=self.backend)
         else:
@@ -283,6 +298,8 @@ class ClipLoss(nn.Module):
             else:
                 w = 1.0 / (2.0 * all_i.shape[0])
                 loss = contrastive_loss(all_i, all_t, scale, w_row=w, w_col=w, backend=self.backend)
+        if isinstance(bias, Tensor) and bias.requires_grad:
+            loss = loss + 0.0 * bias.to(loss.dtype)  # gradient 0, as open_clip's (the shift cancels)
         return {"contrastive_loss": loss} if output_dict else loss
 
 
