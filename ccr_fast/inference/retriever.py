@@ -7,8 +7,9 @@ an :class:`~ccr_fast.inference.Index` orders their inner products by the float64
 the rule of the evaluation's rank counter. So Recall@K read from :meth:`Retriever.search` on a test split is
 ``evaluate``'s t2v R@K.
 
-Not carried over: a CCR^k checkpoint with the ITM re-rank on (``ccrk.k_test > 0``) is searched by its first (ITC)
-stage, with a warning; NRCCR's translate-test fusion needs an English MT of every query and is not applied.
+NRCCR's translate-test fusion applies when the English machine translations of the queries are given
+(``search(..., queries_mt=...)``), as evaluation applies it to sets that have them. Not carried over: a CCR^k
+checkpoint with the ITM re-rank on (``ccrk.k_test > 0``) is searched by its first (ITC) stage, with a warning.
 """
 from __future__ import annotations
 
@@ -214,7 +215,8 @@ class Retriever:
         if index.dim != self.dim:
             raise ValueError(f"index: width {index.dim}, but this model's ranking embeddings are {self.dim}-d")
 
-    def search(self, queries, index: Index, k: int = 10, lang: Optional[str] = None) -> List[List[Tuple[str, float]]]:
+    def search(self, queries, index: Index, k: int = 10, lang: Optional[str] = None,
+               queries_mt: Optional[Sequence[str]] = None) -> List[List[Tuple[str, float]]]:
         """The ``k`` best index items per query, best first, as ``(id, score)`` lists.
 
         Args:
@@ -224,6 +226,10 @@ class Retriever:
             index: an :class:`Index` built by this model (fingerprint checked).
             k: results per query (>= 1; fewer when the index is smaller).
             lang: language of text queries (see :meth:`encode_text`).
+            queries_mt: for a method with translate-test fusion (NRCCR), the English machine translation of each
+                text query: scores are then fused as evaluation fuses them, ``w·minmax(S_mt) + (1−w)·minmax(S)``
+                with min and max over these queries × the whole index (so a query's scores depend on the batch it
+                is searched with, as in evaluation). Without it (or for other methods) the direct ranking is used.
 
         Returns:
             one list per query of ``(id, score)`` (score: the ranking's inner product as a float).
@@ -245,9 +251,57 @@ class Retriever:
             q = self.index_embeddings(self._texts(queries, "queries"), "text")
         if len(q) == 0:
             return []
-        scores, idx = index.search(q, k)
+        weight = getattr(self.method, "translate_test_weight", None)
+        if queries_mt is not None:
+            if weight is None or index.kind == "text":
+                raise ValueError(f"queries_mt: {self.config.method} defines no translate-test fusion for this search")
+            mt = self._texts(queries_mt, "queries_mt")
+            if len(mt) != len(q):
+                raise ValueError(f"queries_mt: expected {len(q)} translations (one per query), got {len(mt)}")
+            scores, idx = fused_search(index, q, self.index_embeddings(mt, "text"), float(weight), k)
+        else:
+            scores, idx = index.search(q, k)
         ids = index.ids
         return [[(ids[j], float(s)) for s, j in zip(srow.tolist(), irow.tolist())] for srow, irow in zip(scores, idx)]
+
+
+def fused_search(index: Index, text: torch.Tensor, text_mt: torch.Tensor, weight: float, k: int):
+    """Translate-test fusion over an index, as :func:`ccr_fast.eval.fused_ranks` scores it.
+
+    ``f = w·(S_mt − lo_mt)/(hi_mt − lo_mt) + (1 − w)·(S − lo)/(hi − lo)`` with ``S = text @ rowsᵀ`` and
+    ``S_mt = text_mt @ rowsᵀ`` in float32, min/max over all queries × all rows (a first pass over the blocks); the
+    second pass keeps the k best per query by ``(f desc, row asc)``. Returns ``(scores [Q, k'], rows [Q, k'])``.
+    """
+    t = torch.as_tensor(text, dtype=torch.float32)
+    tm = torch.as_tensor(text_mt, dtype=torch.float32)
+    if t.shape != tm.shape or t.dim() != 2 or t.shape[1] != index.dim:
+        raise ValueError(f"queries_mt: expected embeddings shaped like the queries {tuple(t.shape)} (width "
+                         f"{index.dim}), got {tuple(tm.shape)}")
+    kk = min(int(k), len(index))
+    if kk == 0:
+        return torch.zeros(t.shape[0], 0), torch.zeros(t.shape[0], 0, dtype=torch.int64)
+    lo1 = lo2 = float("inf")
+    hi1 = hi2 = float("-inf")
+    for _, rows in index._blocks():
+        s1, s2 = t @ rows.T, tm @ rows.T
+        lo1, hi1 = min(lo1, float(s1.min())), max(hi1, float(s1.max()))
+        lo2, hi2 = min(lo2, float(s2.min())), max(hi2, float(s2.max()))
+    span1, span2 = hi1 - lo1, hi2 - lo2
+    best_s = best_i = None
+    for start, rows in index._blocks():
+        s1, s2 = t @ rows.T, tm @ rows.T
+        n1 = (s1 - lo1) / span1 if span1 > 0 else torch.zeros_like(s1)
+        n2 = (s2 - lo2) / span2 if span2 > 0 else torch.zeros_like(s2)
+        f = weight * n2 + (1.0 - weight) * n1
+        vals, order = torch.sort(f, dim=1, descending=True, stable=True)  # ties: the lower row first
+        vals, order = vals[:, :kk], order[:, :kk] + start
+        if best_s is None:
+            best_s, best_i = vals, order
+        else:  # earlier blocks first, so a stable sort keeps the lower row ahead on ties
+            s_all, i_all = torch.cat([best_s, vals], 1), torch.cat([best_i, order], 1)
+            o = torch.sort(s_all, dim=1, descending=True, stable=True)[1][:, :kk]
+            best_s, best_i = s_all.gather(1, o), i_all.gather(1, o)
+    return best_s, best_i
 
 
 # ---------------------------------------------------------------------------------------------- command line

@@ -68,6 +68,30 @@ def test_linear_querybank_search_equals_evaluate(tmp_path):
     assert_search_equals_evaluate(res.best_checkpoint)
 
 
+def test_nrccr_translate_test_fusion_search_equals_evaluate(tmp_path):
+    """NRCCR ranks target-language queries by translate-test fusion with their English MT: search with
+    ``queries_mt`` gives evaluate's fused t2v R@K, and without it the direct ("direct") R@K."""
+    over = {**TINY, "method": "nrccr", "data": {"name": "synthetic", "n_items": 40}, "languages": ["en", "de"],
+            "model.visual_dim": None, "batch_size": 4, "epochs": 1, "nrccr.fusion_weight": 0.6,
+            "output_dir": str(tmp_path)}
+    res = ccr_fast.train(**over)
+    metrics = ccr_fast.evaluate(res.best_checkpoint)
+    assert "direct" in metrics and metrics["fusion_weight"] == 0.6
+    assert metrics["de"] != metrics["direct"]["de"]  # the fused ranking is another ranking
+    r = ccr_fast.load(res.best_checkpoint, device="cpu")
+    (es,) = build_eval_sets(r.config, r.method, "test")
+    assert es.queries_mt is not None
+    ids = [str(v) for v in es.item_ids]
+    ix = r.build_index(es.gallery, ids=ids)
+    for mt, want in ((list(es.queries_mt), metrics[es.lang]), (None, metrics["direct"][es.lang])):
+        hits = r.search(list(es.queries), ix, k=10, queries_mt=mt)
+        ranks = [next((p for p, (i, _) in enumerate(h) if i == ids[t]), 10) for h, t in zip(hits, es.query_item)]
+        got = recall_at_k(np.asarray(ranks), (1, 5, 10))
+        assert [got[1], got[5], got[10]] == [want["t2v_r1"], want["t2v_r5"], want["t2v_r10"]], (mt is None, got)
+    with pytest.raises(ValueError, match="queries_mt"):
+        r.search(list(es.queries), ix, queries_mt=list(es.queries_mt)[:-1])
+
+
 def test_encoders_and_index_contents(qb_run):
     r = ccr_fast.load(qb_run.best_checkpoint, device="cpu")
     es = build_eval_sets(r.config, r.method, "test")[0]
@@ -121,6 +145,8 @@ def test_bad_input(qb_run):
         r.encode_images(["missing.jpg"])  # a feature-trained model takes no image files
     with pytest.raises(ValueError, match="checkpoint"):
         ccr_fast.load(qb_run.run_dir + "/nope")
+    with pytest.raises(ValueError, match="queries_mt"):  # CCR^k defines no translate-test fusion
+        r.search(["a dog"], ix, queries_mt=["a dog"])
 
 
 def test_cli_index_and_search_round_trip(qb_run, tmp_path, capsys):
