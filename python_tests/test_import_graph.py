@@ -108,3 +108,42 @@ def test_eval_never_imports_training():
             if hits:
                 bad.setdefault(name, []).extend(hits)
     assert bad == {}
+
+
+def _all_imports(path: Path, root: Path = ROOT) -> set:
+    """Every module a source file imports, at any depth (function-level imports included), as absolute names."""
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = pkg.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            out |= {base} | {f"{base}.{a.name}" for a in node.names}
+    return out
+
+
+def test_backends_never_import_ops():
+    """The backends are the lower layer: nothing in ccr_fast/backends imports ccr_fast.ops (nor the public modules
+    built on it), at module level or inside a function."""
+    upper = ("ccr_fast.ops", "ccr_fast.losses", "ccr_fast.retrieval", "ccr_fast.metrics")
+    bad = {}
+    files = sorted((ROOT / "backends").rglob("*.py"))
+    assert len(files) > 10  # the folder was found
+    for path in files:
+        hits = sorted(m for m in _all_imports(path) if m.startswith(upper))
+        if hits:
+            bad[_name(path)] = hits
+    assert bad == {}
+
+
+def test_upward_import_detector_sees_a_planted_one(tmp_path):
+    (tmp_path / "ccr_fast" / "backends").mkdir(parents=True)
+    f = tmp_path / "ccr_fast" / "backends" / "x.py"
+    f.write_text("def g():\n    from ..ops._common import acc_dtype\n", encoding="utf-8")
+    assert "ccr_fast.ops._common" in _all_imports(f, tmp_path / "ccr_fast")
