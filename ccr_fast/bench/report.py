@@ -180,6 +180,11 @@ def write_results_md(results_dir: str, md_path: str) -> str:
                       f"- file: `{os.path.relpath(path, md_dir)}`, command: `{payload.get('command', '')}`", ""]
             lines += data_scale_section(payload) + [""]
             continue
+        if payload.get("suite") == "media":
+            lines += [f"## Media in: images/s of extraction and of a vision-tower training step ({payload['tower']})",
+                      "", f"- file: `{os.path.relpath(path, md_dir)}`, command: `{payload.get('command', '')}`", ""]
+            lines += media_section(payload) + [""]
+            continue
         if payload.get("suite") == "index":
             lines += [f"## Search index (G = {payload['G']:,} × d = {payload['d']}): exact memory-mapped "
                       "`ccr_fast.Index` vs faiss", "",
@@ -309,6 +314,23 @@ def side_by_side_table(payload: dict) -> str:
         over = f"{auto / fl:.2f}×" if auto and fl else "–"
         lines.append(f"| {w} | " + " | ".join(cells) + f" | {ratios[0]} | {ratios[1]} | {over} |")
     return "\n".join(lines) + "\n"
+
+
+def media_section(r: dict) -> List[str]:
+    """Markdown lines for ``benchmarks/bench_media.py``'s JSON (decode / extract / tower training step rates)."""
+    lo, hi = r.get("loadavg_before", [0, 0, 0]), r.get("loadavg_after", [0, 0, 0])
+    lines = [f"{r['images']} JPEGs (240-480 × 320-640 px), batch {r['batch_size']}, {r.get('cpus')} CPUs, "
+             f"{r.get('torch_threads')} torch threads, OPENBLAS_CORETYPE={r.get('OPENBLAS_CORETYPE')}; load average "
+             f"{lo[0]:.1f} before, {hi[0]:.1f} after (a shared machine: rates are lower bounds).", "",
+             "| stage | DataLoader workers | images/s | seconds | rise of the process peak RSS (ru_maxrss) |", "| --- | --- | --- | --- | --- |"]
+    for row in r["rows"]:
+        mem = f"{row['peak_rss_growth_kib'] / 1024:.0f} MiB" if "peak_rss_growth_kib" in row else ""
+        lines.append(f"| {row['stage']} | {row['workers']} | {row['images_per_s']:.1f} | {row['seconds']:.1f} | "
+                     f"{mem} |")
+    lines += ["", "`decode`: Pillow + the image processor alone; `extract`: `ccr_fast.extract_features` (fp16 `.npy`); "
+              "`train_step`: forward + backward through the tower's last block (what a trained top block costs; "
+              "a frozen tower runs once per image and then costs nothing per step)."]
+    return lines
 
 
 def data_scale_section(r: dict) -> List[str]:
