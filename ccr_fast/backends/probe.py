@@ -15,7 +15,7 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
-FAMILIES = ("contrastive", "triplet", "topk", "ranks", "similarity")
+FAMILIES = ("contrastive", "triplet", "topk", "ranks", "similarity", "sigmoid")
 _cache: Dict[Tuple[str, str, str], Tuple[bool, str]] = {}
 _lock = threading.Lock()
 
@@ -136,8 +136,27 @@ def _probe_similarity(mod, device, gen):
     _close("scores", mod.similarity(q, g), q.double().cpu() @ g.double().cpu().t(), _RTOL_FWD)
 
 
+def _probe_sigmoid(mod, device, gen):
+    m, k, d, w = 37, 2, 80, 1.0 / 37
+    x, y = _feats(m, d, device, gen), _feats(m * k, d, device, gen)
+    scale, bias = torch.tensor(10.0, device=device), torch.tensor(-10.0, device=device)
+    xd, yd = x.double().cpu(), y.double().cpu()
+    raw = xd @ yd.t()
+    z = 10.0 * raw - 10.0
+    for positives, pos_off in ((True, 0), (True, 5), (False, 0)):
+        own = (torch.arange(m)[:, None] + pos_off) == (torch.arange(m * k)[None, :] // k)
+        label = (own.double() * 2 - 1) if positives else -torch.ones_like(z)
+        loss = w * torch.nn.functional.softplus(-label * z).sum()
+        g = -w * label * torch.sigmoid(-label * z)
+        out = mod.sigmoid_forward(x, y, scale, bias, k, pos_off, positives, w, True)
+        _close("loss", out[0], loss, _RTOL_FWD * 10)
+        for name, got, want in zip(("dx", "dy", "dscale", "dbias"), out[1:],
+                                   (10.0 * g @ yd, 10.0 * g.t() @ xd, (g * raw).sum(), g.sum())):
+            _close(name, got, want, _RTOL_GRAD)
+
+
 _PROBES: Dict[str, Callable] = {"contrastive": _probe_contrastive, "triplet": _probe_triplet, "topk": _probe_topk,
-                                "ranks": _probe_ranks, "similarity": _probe_similarity}
+                                "ranks": _probe_ranks, "similarity": _probe_similarity, "sigmoid": _probe_sigmoid}
 
 
 def probe_ok(backend: str, family: str, device: torch.device, host=None) -> Tuple[bool, str]:
