@@ -15,7 +15,19 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 SUMMARY: Dict[str, str] = {}  # filled by the renderers: claim → "mean ± sd (verdict)", for the summary block
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+# two-sided 5 % critical values of Student's t by degrees of freedom (1..30, then 40, 60, 120)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
+       21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042,
+       40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t_crit(df: int) -> float:
+    """The two-sided 5 % critical value for ``df`` degrees of freedom; between table rows the row of the next smaller
+    df (conservative: a larger critical value), beyond 120 the normal 1.960."""
+    if df < 1:
+        raise ValueError(f"df: expected >= 1, got {df}")
+    return T95[max(k for k in T95 if k <= df)] if df <= 120 else 1.960
 SHIPPED_FLOOR = 10.0  # SumR: differences below this are within the 200-image test set's sampling noise
 
 
@@ -33,14 +45,19 @@ def fmt(vals: List[float], nd: int = 1) -> str:
 
 
 def paired(diffs: List[float], claimed_sign: int, floor: float = 0.0) -> dict:
-    """Paired-difference summary and verdict (claimed_sign +1: the claim says the difference is positive)."""
+    """Paired-difference summary and verdict (claimed_sign +1: the claim says the difference is positive): mean,
+    sample sd, paired t = mean / (sd / √n), the two-sided 5 % critical value, the 95 % confidence interval
+    ``mean ± crit · sd / √n`` and the verdict of the module docstring."""
     n = len(diffs)
+    if n == 0:
+        raise ValueError("diffs: expected at least one paired difference, got none")
     m, sd = mean_sd(diffs)
     if n < 2 or math.isnan(sd):
-        return {"n": n, "mean": m, "sd": sd, "t": None, "verdict": "inconclusive (one seed)"}
+        return {"n": n, "mean": m, "sd": sd, "t": None, "ci95": None, "verdict": "inconclusive (one seed)"}
     se = sd / math.sqrt(n)
     t = m / se if se > 0 else (math.inf if m else 0.0)
-    crit = T95.get(n - 1, 1.96)
+    crit = t_crit(n - 1)
+    ci95 = (m - crit * se, m + crit * se)
     sig = abs(t) > crit and abs(m) >= floor
     if sig and m * claimed_sign > 0:
         verdict = "reproduces"
@@ -52,7 +69,7 @@ def paired(diffs: List[float], claimed_sign: int, floor: float = 0.0) -> dict:
     else:
         verdict = "inconclusive given the spread" if m * claimed_sign > 0 else \
             "does not reproduce (no gain; difference within the spread)"
-    return {"n": n, "mean": m, "sd": sd, "t": t, "t_crit": crit, "floor": floor, "verdict": verdict}
+    return {"n": n, "mean": m, "sd": sd, "t": t, "t_crit": crit, "ci95": ci95, "floor": floor, "verdict": verdict}
 
 
 def _load(docs: Path, part: str) -> Optional[dict]:
