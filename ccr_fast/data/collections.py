@@ -9,6 +9,10 @@
 * a collection folder in a paper release layout, read with the file names of the ``files`` config section
   (:class:`ccr_fast.config.FilesConfig`): the NRCCR layout (``TextData/*.caption.txt``, ``FeatureData/``) or the
   IGLUE / CCR^k JSON-lines layout (one ``.jsonl`` per split and language + a feature file);
+* raw images or video frames with a top-level ``visual_encoder`` (:mod:`.media_data`): ``{"root": folder, "train":
+  {"csv": file}, ...}`` (CSV/TSV captions: ``image``/``video``, ``lang``, ``caption``; with ``"features": npy`` the
+  rows come from precomputed features instead), JSON lines whose ``img_path`` lies under ``files.image_root``, or an
+  NRCCR folder with ``files.image_folder`` in place of ``FeatureData/``;
 * a mapping naming the files explicitly: ``{"root": folder (optional), "train": {...}, "val": {...},
   "test": {...}}`` where each split is ``{"captions": [caption files], "features": npy or BigFile, "ids":
   id file}`` (NRCCR caption files) or ``{"jsonl": {lang: file}, "features": ..., "ids": ..., "mt": {lang:

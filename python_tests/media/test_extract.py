@@ -17,7 +17,7 @@ from ccr_fast.data.readers import read_npy_features
 from ccr_fast.models.towers import load_image_processor, load_vision_tower
 from ccr_fast.data.media import encode_images, list_images
 
-from conftest import write_images
+from media_helpers import write_images
 
 
 def test_extract_folder_files_ids_dtypes(towers, image_set, tmp_path):

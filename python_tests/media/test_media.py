@@ -8,7 +8,7 @@ import torch
 from ccr_fast.data.media import (BadMediaError, decode_image, list_images, tower_features, video_frames)
 from ccr_fast.models.towers import load_image_processor, load_vision_tower
 
-from conftest import write_images
+from media_helpers import write_images
 
 
 def test_decode_modes(image_set):

@@ -9,7 +9,7 @@ import torch
 from ccr_fast.data.media import encode_images, list_images
 from ccr_fast.models.towers import hf_cache_dir, load_image_processor, load_vision_tower, resolve_hf_model
 
-from conftest import fake_hf_cache
+from media_helpers import fake_hf_cache
 
 KINDS = ["clip", "clip_full", "siglip", "vit", "swin", "convnext"]
 

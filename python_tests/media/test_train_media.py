@@ -14,7 +14,7 @@ import torch
 import ccr_fast
 from ccr_fast.data.media import BadMediaError
 
-from conftest import write_csv, write_images
+from media_helpers import write_csv, write_images
 
 FAST = {"method": "baseline", "languages": ["en", "de"], "max_steps": 3, "epochs": 1, "batch_size": 8,
         "progress": False, "model.trainable_layers": [], "model.cache_text_states": True, "files.mt_stand_in": True,
