@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ._backend import backends  # noqa: E402
+from . import backends  # noqa: E402 - a callable package: ccr_fast.backends() is the report
 from . import losses, metrics, retrieval  # noqa: E402,F401
 from .inference import Index, Retriever, load  # noqa: E402,F401
 

@@ -125,3 +125,45 @@ def test_backends_report_names_the_blas_gemm():
     info = _backend.backends()["blas"]
     assert info["compiled"] and info["usable"]
     assert "chosen GEMM" in info["detail"] and "GFLOP/s" in info["detail"]
+
+
+def test_backends_is_both_the_report_and_the_package():
+    import ccr_fast
+    import ccr_fast.backends.blas as blas_pkg  # the attribute chain must reach the package, not a function
+
+    assert callable(ccr_fast.backends) and set(ccr_fast.backends()) == {"blas", "cpu", "cuda", "triton", "torch"}
+    assert ccr_fast.backends.registry is registry and hasattr(blas_pkg, "keeps_scores")
+
+
+def test_table_has_separate_blas_entries_per_device_and_no_device_branches():
+    for family in dispatch.FAMILIES:
+        cpu_entry, gpu_entry = dispatch.TABLE[(family, "blas", "cpu")], dispatch.TABLE.get((family, "blas", "cuda"))
+        assert cpu_entry == f"ccr_fast.backends.blas.{family}" and gpu_entry != cpu_entry
+    import inspect
+    import importlib
+
+    for family in ("contrastive", "triplet", "topk", "ranks", "similarity"):
+        source = inspect.getsource(importlib.import_module(f"ccr_fast.backends.blas.{family}"))
+        assert 'device.type == "cuda"' not in source, family
+    # the CPU entry refuses CUDA-typed work instead of reading device pointers; host() picks by device type
+    h = dispatch.host_table("topk", {"topk": lambda *a: "ref"})
+    assert dispatch.host(h, "blas", "topk", torch.device("cpu")).__module__ == "ccr_fast.backends.blas.topk"
+    assert dispatch.host(h, "torch", "topk", CUDA)() == "ref"
+    with pytest.raises(RuntimeError, match="no topk host functions for cuda"):
+        dispatch.host(h, "cpu", "topk", CUDA)
+
+
+def test_resolve_reads_no_lock(monkeypatch):
+    """The call path is plain reads: resolve never touches the GEMM loader or a probe on CPU."""
+    import ccr_fast.backends.blas._gemm as gemm
+
+    def boom(*a, **k):
+        raise AssertionError("called on the resolve path")
+
+    monkeypatch.setattr(gemm, "ensure", boom)
+    monkeypatch.setattr(gemm, "status", boom)
+    monkeypatch.setattr(dispatch, "_probe", boom)
+    for family in dispatch.FAMILIES:
+        for requested in ("auto", "blas", "cpu", "torch"):
+            for work in (1, 10 ** 9):
+                assert dispatch.resolve(family, requested, CPU, torch.float32, work=work) in ("blas", "cpu", "torch")

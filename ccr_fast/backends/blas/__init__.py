@@ -2,7 +2,8 @@
 
 CPU: OpenBLAS (``scipy-openblas32``, see :mod:`._gemm`) called from the C++/OpenMP tile loops of csrc/cpu/blas*.cpp,
 each tile followed by a fused epilogue (log-sum-exp, dZ, hardest negatives, k-selection, rank counting).
-CUDA: cuBLAS through ``torch.matmul`` in chunks plus GPU epilogues (``ccr_fast.backends.blas.gpu``).
+CUDA: cuBLAS through ``torch.mm`` in chunks plus GPU epilogues (``ccr_fast.backends.blas.gpu``). The CPU and CUDA host
+functions are separate modules, i.e. separate entries of the dispatch table; none of them branches on the device.
 
 Memory: the contrastive loss keeps the whole ``M×N`` score matrix for its backward when it fits the workspace budget
 (``CCR_FAST_BLAS_WORKSPACE_MB``, MiB, default 512; 0 never keeps it) and skips one GEMM; otherwise it works in
@@ -10,26 +11,11 @@ O(threads·tile) memory and recomputes the tiles in the backward.
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-from ._gemm import workspace_mb
+from ..registry import workspace_mb
 
 
 def keeps_scores(M: int, N: int, dtype: torch.dtype) -> bool:
     """Whether the contrastive forward keeps its ``M×N`` scores (of ``dtype``) for the backward."""
     return M * N * torch.finfo(dtype).bits // 8 <= workspace_mb() * (1 << 20)
-
-
-def gpu_function(name: str):
-    """The CUDA host function ``name`` of ``ccr_fast.backends.blas.gpu`` (RuntimeError when it is missing)."""
-    try:
-        mod = importlib.import_module("ccr_fast.backends.blas.gpu")
-    except ImportError as exc:
-        raise RuntimeError(f"blas on CUDA not available: ccr_fast.backends.blas.gpu cannot be imported ({exc})") \
-            from None
-    fn = getattr(mod, name, None)
-    if fn is None:
-        raise RuntimeError(f"blas on CUDA not available: ccr_fast.backends.blas.gpu has no {name}()")
-    return fn
