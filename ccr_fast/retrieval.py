@@ -33,8 +33,9 @@ def topk(queries: Tensor, gallery: Tensor, k: int, *, block_size: Optional[int] 
         ``(scores [Q, k] in the input dtype, indices [Q, k] int64)``.
 
     Notes:
-        Memory O(Q·k) besides the inputs; accumulation in fp32 (fp64 for fp64). Deterministic: the
-        (score desc, index asc) order is total.
+        Memory O(Q·k) besides the inputs. Exact: the order is that of the float64 scores, ties to the lower
+        index, on every backend (fast candidates, a proven error bound, float64 settling: docs/exactness.md);
+        the scores are the float64 scores in the input dtype.
     """
     return streaming_topk(queries, gallery, k, block_size=block_size, backend=backend)
 
@@ -42,8 +43,8 @@ def topk(queries: Tensor, gallery: Tensor, k: int, *, block_size: Optional[int] 
 def target_ranks(queries: Tensor, gallery: Tensor, targets: Tensor, *, backend: str = "auto") -> Tensor:
     """0-based rank of each query's target(s) in the stable descending order of its scores.
 
-    ``rank(t) = #{c : s_c > s_t} + #{c : s_c == s_t and c < t}``, every score (the target's included) computed
-    by the same arithmetic.
+    ``rank(t) = #{c : s_c > s_t} + #{c : s_c == s_t and c < t}`` on the float64 scores (exact on every backend:
+    docs/exactness.md).
 
     Args:
         queries: [Q, d] float tensor. gallery: [G, d], same device and dtype.

@@ -176,29 +176,52 @@ __attribute__((target_clones("arch=x86-64-v4", "default"))) void offer64(FHeap& 
     }
 }
 
-// x (rows [N, d], ld) -> bf16 rows [N, dp] (zero padded) and per row ||x||, ||x - bf16(x)||, ||bf16(x)|| (float64).
-template <typename T>
-void split_rows(const T* x, int64_t ldx, int64_t N, int64_t d, int64_t dp, bf16* out, double* norms) {
+// Rows of x [N, d] (fp32, ld) -> bf16 (round to nearest even), written row-major [N, dp] (packed == false) or as
+// the VNNI-2 B operand per 64-row block ([dp/2][64][2], packed == true), zero padded; and per row ||x||, ||x - bf16(x)||
+// and ||bf16(x)||. The squares are summed in fp32 lanes (x - bf16(x) is exact in fp32) and the sums inflated by
+// (1 + 2 gamma_d(2^-24)) before the square root, so every returned norm is an upper bound.
+__attribute__((target_clones("arch=x86-64-v4", "default"))) void split_rows(const float* x, int64_t ldx, int64_t N,
+                                                                            int64_t d, int64_t dp, bf16* out,
+                                                                            bool packed, double* norms) {
+  const double up = 1.0 + 2.0 * ccr::gamma_n((double)d + 16, 0x1p-24);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < N; ++r) {
-    double a = 0, l = 0, h = 0;
-    bf16* o = out + r * dp;
-    for (int64_t j = 0; j < d; ++j) {
-      const float f = (float)x[r * ldx + j];
-      const bf16 b = ccr::lowp::to_bf16(f);
-      std::uint32_t u = (std::uint32_t)b << 16;
-      float hf;
-      std::memcpy(&hf, &u, 4);
-      const double xd = (double)x[r * ldx + j], hd = (double)hf, ld = xd - hd;
-      a += xd * xd;
-      l += ld * ld;
-      h += hd * hd;
-      o[j] = b;
+    float a[16] = {0}, l[16] = {0}, h[16] = {0};
+    std::uint16_t hb[16];
+    const float* xr = x + r * ldx;
+    bf16* o = packed ? out + (r / 64) * 64 * dp : out + r * dp;
+    const int64_t n = r % 64;
+    for (int64_t j0 = 0; j0 < dp; j0 += 16) {
+      for (int t = 0; t < 16; ++t) {
+        const int64_t j = j0 + t;
+        const float f = j < d ? xr[j] : 0.0f;
+        std::uint32_t u;
+        std::memcpy(&u, &f, 4);
+        u += 0x7fffu + ((u >> 16) & 1u);  // finite inputs (validated): round to nearest even
+        const std::uint32_t hu = u & 0xffff0000u;
+        float hf;
+        std::memcpy(&hf, &hu, 4);
+        const float lf = f - hf;
+        a[t] += f * f;
+        l[t] += lf * lf;
+        h[t] += hf * hf;
+        hb[t] = (std::uint16_t)(u >> 16);
+      }
+      if (packed) {
+        for (int t = 0; t < 16; ++t) o[((j0 + t) / 2 * 64 + n) * 2 + (t & 1)] = hb[t];
+      } else {
+        std::memcpy(o + j0, hb, sizeof(hb));
+      }
     }
-    for (int64_t j = d; j < dp; ++j) o[j] = 0;
-    norms[r * 3 + 0] = std::sqrt(a);
-    norms[r * 3 + 1] = std::sqrt(l);
-    norms[r * 3 + 2] = std::sqrt(h);
+    double sa = 0, sl = 0, sh = 0;
+    for (int t = 0; t < 16; ++t) {
+      sa += a[t];
+      sl += l[t];
+      sh += h[t];
+    }
+    norms[r * 3 + 0] = std::sqrt(sa * up);
+    norms[r * 3 + 1] = std::sqrt(sl * up);
+    norms[r * 3 + 2] = std::sqrt(sh * up);
   }
 }
 
@@ -217,18 +240,15 @@ void lowp_topk(std::uintptr_t q_, int64_t ldq, std::uintptr_t g_, int64_t ldg, i
   const int64_t R = std::min<int64_t>(tile_m > 0 ? tile_m : 256, Q);
   const int64_t nqb = (Q + R - 1) / R;
   const int64_t Gp = (G + B - 1) / B * B, ngb = Gp / B;
-  // operands: q as bf16 rows [Q, dp]; the gallery as bf16 rows, then packed per 64-row block (VNNI-2)
-  std::vector<bf16> qh((size_t)Q * dp), gh((size_t)Gp * dp, 0), gpack((size_t)Gp * dp);
+  // operands: q as bf16 rows [Q, dp]; the gallery packed per 64-row block (VNNI-2), zero rows up to Gp (value-initialised)
+  std::vector<bf16> qh((size_t)Q * dp), gpack((size_t)Gp * dp);
   std::vector<double> gn((size_t)G * 3);
-  split_rows(q, ldq, Q, d, dp, qh.data(), ccr::as_ptr<double>(q_norms));
-  split_rows(g, ldg, G, d, dp, gh.data(), gn.data());
+  split_rows(q, ldq, Q, d, dp, qh.data(), false, ccr::as_ptr<double>(q_norms));
+  split_rows(g, ldg, G, d, dp, gpack.data(), true, gn.data());
   double* gm = ccr::as_ptr<double>(g_max);
   gm[0] = gm[1] = gm[2] = 0;
   for (int64_t r = 0; r < G; ++r)
     for (int t = 0; t < 3; ++t) gm[t] = std::max(gm[t], gn[r * 3 + t]);
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < ngb; ++b) ccr::lowp::pack_nt(gh.data(), dp, b * B, dp, gpack.data() + (size_t)b * B * dp);
-  std::vector<bf16>().swap(gh);
 
   int64_t splits = num_splits > 0 ? num_splits : (nqb >= 2 * nt ? 1 : std::max<int64_t>(1, (2 * nt + nqb - 1) / nqb));
   splits = std::max<int64_t>(1, std::min(splits, ngb));

@@ -185,3 +185,27 @@ def test_rescore_equal_rows_bitwise_and_matches_float64():
     s_ref, i_ref = ref_topk(q, g, 50)
     s_all, i_all = exact.full_topk64(q, g, 50)
     assert torch.equal(i_all, i_ref)
+
+
+def test_gpu_bf16_scorer_logic_on_cpu():
+    """The GPU backends' bf16 candidate scorer, run on CPU with an fp32 GEMM of the bf16 values (bf16 products are
+    exact in fp32, so the arithmetic model is the same): its bound holds and the settled answer is exact, for an fp32
+    and for a bf16-rounded output."""
+    from ccr_fast.backends._bf16_candidates import torch_bf16_candidates
+
+    gen = torch.Generator().manual_seed(9)
+    q = _unit(1, 128, gen)
+    g = torch.cat([twins(q, 150, 128, gen), _unit(700, 128, gen)])
+    q = torch.cat([q, _unit(6, 128, gen)])
+    for out_bf16 in (False, True):
+        def mm(a, b, out_bf16=out_bf16):
+            s = a.float() @ b.float()
+            return (s.bfloat16().float(), 2.0 ** -8) if out_bf16 else (s, 0.0)
+
+        s, i, err = torch_bf16_candidates(q, g, g.shape[0], block_size=256, mm=mm)
+        s64 = (q.double() @ g.double().T).gather(1, i)
+        assert bool(((s.double() - s64).abs().max(dim=1).values <= err).all())
+        got = exact.exact_topk(q, g, 9, lambda qs, kp: torch_bf16_candidates(qs, g, kp, block_size=256, mm=mm), 12)
+        rv, ri = ref_topk(q, g, 9)
+        assert torch.equal(got[1], ri)
+        torch.testing.assert_close(got[0], rv, rtol=1e-14, atol=1e-15)  # float64 sums in another order

@@ -421,3 +421,19 @@ def target_ranks(q, g, targets):
     valid = targets >= 0
     best = torch.where(valid, counts, torch.iinfo(torch.int64).max).min(1).values
     return torch.where(valid.any(1), best, torch.full_like(best, -1))
+
+
+# ------------------------------------------------------------------------------------------------- exact top-k
+def candidate_count(k):
+    """k' of the first candidate round of :func:`topk_candidates` (docs/exactness.md)."""
+    return 2 * k + 32
+
+
+@_on_device
+def topk_candidates(q, g, kp, block_size=0):
+    """bf16 cuBLAS candidates of the exact top-k for fp32 inputs (fp32 accumulation), with their error bound E(q);
+    None for other dtypes (``ccr_fast.backends._bf16_candidates``, docs/exactness.md)."""
+    from .._bf16_candidates import torch_bf16_candidates  # noqa: PLC0415
+
+    return torch_bf16_candidates(q, g, kp, block_size)
+

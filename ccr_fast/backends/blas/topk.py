@@ -7,6 +7,7 @@ from typing import Tuple
 
 import torch
 
+from .._bf16_candidates import lowp_bound
 from .._operands import cpu_pair
 from ..registry import DTYPE_CODES, extension
 from . import _gemm
@@ -63,20 +64,4 @@ def topk_candidates(q: Tensor, g: Tensor, kp: int, block_size: int = 0):
     g_max = torch.empty(3, dtype=torch.float64)
     extension().lowp_topk(q.data_ptr(), q.stride(0), g.data_ptr(), g.stride(0), n_q, g.shape[0], d, int(kp),
                           scores.data_ptr(), indices.data_ptr(), q_norms.data_ptr(), g_max.data_ptr())
-    return scores, indices, lowp_bound(q_norms, g_max, d)
-
-
-def lowp_bound(q_norms: Tensor, g_max: Tensor, d: int) -> Tensor:
-    """E(q) [Q] float64 of the bf16 scorer from the per-query (||q||, ||q_lo||, ||q_hi||) and the gallery maxima."""
-    dp = (d + 63) // 64 * 64
-    u32, u64 = 2.0 ** -24, 2.0 ** -53
-    g32 = (dp + 1) * u32 / (1 - (dp + 1) * u32)
-    g64 = (d + 8) * u64 / (1 - (d + 8) * u64)
-    safe = 1 + 1e-9
-    qn, ql, qh = (q_norms[:, j] * (1 + 1e-12) for j in range(3))
-    gn, gl, gh = (float(v) * (1 + 1e-12) for v in g_max)
-    err = ql * gn + qh * gl + g32 * qh * gh + 2 * g64 * qn * gn
-    tiny = 8.0 * (dp + 1) * 2.0 ** -126 * (1 + qh + gh)
-    err = (err + tiny) * safe
-    return torch.where(qn * gn < 2.0 ** 125, err, torch.full_like(err, float("inf")))
-
+    return scores, indices, lowp_bound(q_norms, g_max.tolist(), d)

@@ -162,3 +162,22 @@ def topk(q: torch.Tensor, g: torch.Tensor, k: int, block_size: int = 0):
         if n_splits > 1:
             keys = torch.topk(keys, k, dim=1, sorted=True).values
         return decode_keys(keys)
+
+
+def candidate_count(k: int) -> int:
+    """k' of the first candidate round of ``topk_candidates`` (the bf16 bound is ~2^-8 ||q|| ||g|| wide)."""
+    return 2 * k + 32
+
+
+def topk_candidates(q: torch.Tensor, g: torch.Tensor, kp: int, block_size: int = 0):
+    """Candidates of the exact top-k for fp32 inputs: this kernel on ``bf16(q)``, ``bf16(g)`` (``tl.dot`` bf16,
+    fp32 accumulation) and the residual bound of ``ccr_fast.backends._bf16_candidates`` (docs/exactness.md).
+    None for other dtypes (the op then uses :func:`topk` and the generic bound)."""
+    if q.dtype != torch.float32 or g.dtype != torch.float32 or kp > MAX_K:
+        return None
+    from .._bf16_candidates import bf16_norms, lowp_bound  # noqa: PLC0415
+
+    s, i = topk(q.bfloat16(), g.bfloat16(), kp, block_size)
+    g_max = bf16_norms(g).max(dim=0).values.tolist()
+    return s.float(), i, lowp_bound(bf16_norms(q), g_max, q.shape[1])
+
