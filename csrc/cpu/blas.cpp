@@ -704,6 +704,121 @@ void lowp_contrastive_bwd(const bf16* x, const bf16* y, int64_t M, int64_t N, in
   }
 }
 
+// VSE++ triplet forward on bf16 operands (padded a, b [Np, dp]): S = b aᵀ from the bf16 GEMM, then the epilogue
+// of the fp32 blas kernel (hardest negative per row j != i and per column, ties to the lower index; or hinge sums).
+// The diagonal comes from diagonal tiles of the same GEMM.
+void lowp_triplet_fwd(const bf16* a, const bf16* b, int64_t n, int64_t Np, int64_t dp, float margin, bool maxv,
+                      float* row_cost, float* col_cost, int64_t* row_idx, int64_t* col_idx, Tiles tl) {
+  const int nt = ccr::omp_threads();
+  const std::vector<bf16> apk = lowp_pack_nt(a, Np, dp, nt);
+  const int64_t R = tl.R, W = tl.W, nrb = (n + R - 1) / R;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  std::vector<float> diag(n);
+  std::vector<int64_t> next(2, 0);
+  lowp_parallel(nt, [&](int) {
+    std::vector<float> buf((size_t)R * R);
+    for (;;) {
+      int64_t rb;
+#pragma omp atomic capture
+      rb = next[0]++;
+      if (rb >= nrb) break;
+      const int64_t r0 = rb * R, m = std::min(R, n - r0), g = std::min(R, Np - r0);
+      lowp_scores(b, apk.data(), dp, r0, g, r0, g, buf.data());
+      for (int64_t r = 0; r < m; ++r) diag[r0 + r] = buf[r * g + r];
+    }
+  });
+  std::vector<float> cbest((size_t)nt * n, maxv ? ninf : 0.f);
+  std::vector<int64_t> cidx((size_t)nt * n, -1);
+  lowp_parallel(nt, [&](int tid) {
+    float* cb = cbest.data() + (size_t)tid * n;
+    int64_t* ci = cidx.data() + (size_t)tid * n;
+    std::vector<float> buf((size_t)R * W);
+    for (;;) {
+      int64_t rb;
+#pragma omp atomic capture
+      rb = next[1]++;
+      if (rb >= nrb) break;
+      const int64_t r0 = rb * R, m = std::min(R, n - r0), g = std::min(R, Np - r0);
+      std::vector<float> rbest(m, maxv ? ninf : 0.f);
+      std::vector<int64_t> ridx(m, -1);
+      for (int64_t c0 = 0; c0 < n; c0 += W) {
+        const int64_t w = std::min(W, n - c0), wg = std::min(W, Np - c0);
+        lowp_scores(b, apk.data(), dp, r0, g, c0, wg, buf.data());
+        for (int64_t r = 0; r < m; ++r) {
+          const int64_t i = r0 + r;
+          const float* sr = buf.data() + r * wg;
+          if (maxv) {
+            float best = rbest[r];
+            int64_t bi = ridx[r];
+            for (int64_t j = 0; j < w; ++j) {
+              const int64_t c = c0 + j;
+              if (c == i) continue;
+              if (sr[j] > best || bi < 0 || (sr[j] != sr[j] && best == best)) {
+                best = sr[j];
+                bi = c;
+              }
+              if (sr[j] > cb[c] || ci[c] < 0 || (sr[j] == cb[c] && i < ci[c])) {
+                cb[c] = sr[j];
+                ci[c] = i;
+              }
+            }
+            rbest[r] = best;
+            ridx[r] = bi;
+          } else {
+            float acc = 0.f;
+            const float di = diag[i];
+            for (int64_t j = 0; j < w; ++j) {
+              const int64_t c = c0 + j;
+              if (c == i) continue;
+              acc += ccr::hinge(margin + sr[j] - di);
+              cb[c] += ccr::hinge(margin + sr[j] - diag[c]);
+            }
+            rbest[r] += acc;
+          }
+        }
+      }
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t i = r0 + r;
+        row_idx[i] = maxv ? ridx[r] : -1;
+        row_cost[i] = maxv ? ccr::hinge(margin + rbest[r] - diag[i]) : rbest[r];
+      }
+    }
+  });
+  for (int64_t c = 0; c < n; ++c) {
+    if (maxv) {
+      float best = ninf;
+      int64_t bi = -1;
+      for (int t = 0; t < nt; ++t) {
+        const float v = cbest[(size_t)t * n + c];
+        const int64_t ii = cidx[(size_t)t * n + c];
+        if (ii < 0) continue;
+        if (bi < 0 || v > best || (v == best && ii < bi)) {
+          best = v;
+          bi = ii;
+        }
+      }
+      col_idx[c] = bi;
+      col_cost[c] = ccr::hinge(margin + best - diag[c]);
+    } else {
+      float acc = 0.f;
+      for (int t = 0; t < nt; ++t) acc += cbest[(size_t)t * n + c];
+      col_cost[c] = acc;
+      col_idx[c] = -1;
+    }
+  }
+}
+
+void blas_triplet_forward_bf16(std::uintptr_t a, std::uintptr_t b, int64_t n, int64_t Np, int64_t dp, double margin,
+                               bool max_violation, std::uintptr_t row_cost, std::uintptr_t col_cost,
+                               std::uintptr_t row_idx, std::uintptr_t col_idx) {
+  ccr::lowp::check();
+  CCR_CHECK_ARG(n >= 2 && Np >= n && Np % 64 == 0 && dp >= 64 && dp % 64 == 0,
+                "blas bf16 triplet: need B >= 2 and Np, dp multiples of 64 (padded operands)");
+  lowp_triplet_fwd(ccr::as_ptr<const bf16>(a), ccr::as_ptr<const bf16>(b), n, Np, dp, (float)margin, max_violation,
+                   ccr::as_ptr<float>(row_cost), ccr::as_ptr<float>(col_cost), ccr::as_ptr<int64_t>(row_idx),
+                   ccr::as_ptr<int64_t>(col_idx), lowp_tiles(0, 0));
+}
+
 void lowp_check_shapes(int64_t M, int64_t N, int64_t Mp, int64_t Np, int64_t dp) {
   ccr::lowp::check();
   CCR_CHECK_ARG(M >= 1 && N >= 1 && Mp >= M && Np >= N && Mp % 64 == 0 && Np % 64 == 0 && dp >= 64 && dp % 64 == 0,
@@ -801,6 +916,12 @@ void register_cpu_blas_contrastive(py::module_& m) {
   m.def("blas_set_lowp", &set_lowp,
         "Register the bf16 GEMM (at::native::cpublas::brgemm for BFloat16 -> float, VNNI B) and its release "
         "function (lowp_gemm.h).", py::arg("brgemm_bf16"), py::arg("release"));
+  m.def("blas_triplet_forward_bf16", &blas_triplet_forward_bf16,
+        "VSE++ triplet forward on bf16 operands padded to [Np, dp] (multiples of 64): S = b aᵀ from the bf16 GEMM, "
+        "fp32 selection; fp32 costs, int64 indices.",
+        py::arg("a"), py::arg("b"), py::arg("n"), py::arg("Np"), py::arg("dp"), py::arg("margin"),
+        py::arg("max_violation"), py::arg("row_cost"), py::arg("col_cost"), py::arg("row_idx"), py::arg("col_idx"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("blas_contrastive_forward_bf16", &blas_contrastive_forward_bf16,
         "Contrastive forward on bf16 operands padded to [Mp, dp] / [Np, dp] (multiples of 64): bf16 GEMM tiles, "
         "fp32 epilogues; fp32 outputs.",

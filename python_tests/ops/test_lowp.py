@@ -273,3 +273,20 @@ def test_gpu_backends_lowp_contract(backend, dtype, M, N, d):
         - (1.0 / M) * torch.eye(M, N, dtype=torch.float64)
     _check_grad(got[0].cpu(), bref[0], _grad_bound(dz, yd, bref[0], scale, dtype), "dx")
     _check_grad(got[1].cpu(), bref[1], _grad_bound(dz.T, xd, bref[1], scale, dtype), "dy")
+
+
+@pytest.mark.parametrize("n,d", [(2, 3), (70, 24), (300, 100)])
+@pytest.mark.parametrize("max_violation", [True, False])
+def test_blas_bf16_triplet_forward_contract(n, d, max_violation):
+    """The bf16 GEMM triplet forward: the float64 hardest negatives (indices equal) and costs on the same values."""
+    if not _lowp_status()[0]:
+        pytest.skip(_lowp_status()[1])
+    from ccr_fast.backends.blas import triplet as BT
+
+    a, b = _feats(n, d, torch.bfloat16, 21), _feats(n, d, torch.bfloat16, 22)
+    out = BT.triplet_forward(a, b, 0.2, max_violation)
+    ref = BT.triplet_forward(a.double(), b.double(), 0.2, max_violation)
+    assert out[0].dtype == torch.float32
+    for o, r in zip(out[:2], ref[:2]):  # per-anchor costs: fp32 accumulation of up to n hinges
+        torch.testing.assert_close(o.double(), r, rtol=1e-5, atol=1e-6 * n)
+    assert torch.equal(out[2], ref[2]) and torch.equal(out[3], ref[3])
