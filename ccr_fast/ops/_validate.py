@@ -115,6 +115,30 @@ def check_pair(queries: Tensor, gallery: Tensor, *, names: Tuple[str, str] = ("q
         check_finite(names[1], gallery)
 
 
+def check_targets(targets, n_queries: int, n_gallery: int, device: torch.device) -> Tensor:
+    """Target gallery indices of a rank query: an integer ``[Q]`` or ``[Q, T]`` tensor (T >= 1) on ``device``,
+    entries in ``[0, G)`` or −1 (padding; the range is checked outside compiled graphs). Returns ``[Q, T]`` int64,
+    contiguous."""
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a torch.Tensor of gallery indices, got {type(targets).__name__}")
+    if targets.dtype not in INT_DTYPES:
+        raise ValueError(f"targets must be an integer tensor (int64 preferred), got {targets.dtype}")
+    if targets.device != device:
+        raise ValueError(f"targets must be on the device of queries ({device}), got {targets.device}")
+    if targets.dim() == 1:
+        targets = targets[:, None]
+    if targets.dim() != 2 or targets.shape[0] != n_queries or targets.shape[1] < 1:
+        raise ValueError(f"targets must have shape [Q={n_queries}] or [Q={n_queries}, T>=1], got "
+                         f"{tuple(targets.shape)}")
+    targets = targets.to(torch.int64).contiguous()
+    if not compiling():
+        lo, hi = int(targets.min()), int(targets.max())
+        if lo < -1 or hi >= n_gallery:
+            raise ValueError(f"targets must be gallery indices in [0, G={n_gallery}) or -1 for padding, got "
+                             f"values in [{lo}, {hi}]")
+    return targets
+
+
 # ------------------------------------------------------------------------------------------------- scale, values
 
 

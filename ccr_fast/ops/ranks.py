@@ -29,7 +29,7 @@ from torch import Tensor
 
 from . import dispatch, exact
 from ._common import acc_dtype
-from ._validate import check_pair
+from ._validate import check_pair, check_targets
 
 _REFERENCE_BLOCK_ELEMS = 1 << 22  # compare-tensor elements (rows · T · G) the reference builds at once
 
@@ -109,8 +109,6 @@ def _target_ranks_all_fake(q, g, targets, backend):
             q.new_empty((q.shape[0], targets.shape[1]), dtype=torch.int64))
 
 
-_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-
 
 def count_target_ranks(queries: Tensor, gallery: Tensor, targets: Tensor, *, backend: str = "auto",
                        return_all: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
@@ -131,23 +129,7 @@ def count_target_ranks(queries: Tensor, gallery: Tensor, targets: Tensor, *, bac
         RuntimeError for an unavailable backend.
     """
     check_pair(queries, gallery)
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"targets must be a torch.Tensor of gallery indices, got {type(targets).__name__}")
-    if targets.dtype not in _INT_DTYPES:
-        raise ValueError(f"targets must be an integer tensor (int64 preferred), got {targets.dtype}")
-    if targets.device != queries.device:
-        raise ValueError(f"targets must be on the device of queries ({queries.device}), got {targets.device}")
-    if targets.dim() == 1:
-        targets = targets[:, None]
-    if targets.dim() != 2 or targets.shape[0] != queries.shape[0] or targets.shape[1] < 1:
-        raise ValueError(f"targets must have shape [Q={queries.shape[0]}] or [Q={queries.shape[0]}, T>=1], got "
-                         f"{tuple(targets.shape)}")
-    targets = targets.to(torch.int64).contiguous()
-    if not torch.compiler.is_compiling():
-        lo, hi = int(targets.min()), int(targets.max())
-        if lo < -1 or hi >= gallery.shape[0]:
-            raise ValueError(f"targets must be gallery indices in [0, G={gallery.shape[0]}) or -1 for padding, got "
-                             f"values in [{lo}, {hi}]")
+    targets = check_targets(targets, queries.shape[0], gallery.shape[0], queries.device)
     name = dispatch.resolve("ranks", backend, queries.device, queries.dtype, work=queries.shape[0] * gallery.shape[0])
     queries, gallery = queries.detach(), gallery.detach()
     if return_all:
