@@ -21,6 +21,17 @@ Tensor = torch.Tensor
 CHUNK_BYTES = 64 << 20  # float32 score chunk of :func:`chunked`
 
 
+def _mm32(a: Tensor, b: Tensor, acc: torch.dtype) -> Tensor:
+    """``a @ b`` in the operands' dtype with an ``acc``-dtype result: fp16/bf16 on CUDA through cuBLAS with fp32
+    output (``out_dtype``, no rounding of the products to 8/11 bits); elsewhere the product cast to ``acc``."""
+    if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16):
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError):  # a torch without mm(out_dtype=): widen the operands (exact products)
+            return a.float() @ b.float()
+    return (a @ b).to(acc)
+
+
 def chunked(x: Tensor, y: Tensor, scale: Tensor, bias: Tensor, k: int, pos_off: int, positives: bool, weight: float,
             need_grad: bool, rows: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The contract in torch over row chunks of ``rows`` (default: ``CHUNK_BYTES`` of float32 scores), O(rows·N).
@@ -40,7 +51,7 @@ def chunked(x: Tensor, y: Tensor, scale: Tensor, bias: Tensor, k: int, pos_off: 
     cols = torch.arange(N, device=x.device) // k
     for r0 in range(0, M, rows):
         xc = x[r0:r0 + rows]
-        raw = (xc @ y.T).to(acc)
+        raw = _mm32(xc, y.T, acc)
         if positives:
             pos = (torch.arange(r0, r0 + xc.shape[0], device=x.device)[:, None] + pos_off) == cols[None, :]
             label = pos.to(acc) * 2 - 1
@@ -53,8 +64,8 @@ def chunked(x: Tensor, y: Tensor, scale: Tensor, bias: Tensor, k: int, pos_off: 
             dscale = dscale + (g * raw).sum()
             dbias = dbias + g.sum()
             gl = g.to(x.dtype)
-            dx[r0:r0 + rows] = (gl @ y).to(acc) * s
-            dy += (gl.T @ xc).to(acc) * s
+            dx[r0:r0 + rows] = _mm32(gl, y, acc) * s
+            dy += _mm32(gl.T, xc, acc) * s
     return loss * weight, dx, dy, dscale, dbias
 
 
