@@ -1,8 +1,9 @@
 """An exact inner-product index whose embeddings can stay on disk (:class:`Index`, ``ccr_fast.Index``).
 
-Search is exact: each gallery block goes through the fused top-K (:func:`ccr_fast.retrieval.topk`), and the
-per-block candidates are merged by their float64 scores with ties to the lower *global* row index, so the result is
-the float64 order of the whole gallery whatever the block size. A saved index is a folder:
+Search is exact: each gallery block goes through the fused top-K (:func:`ccr_fast.retrieval.topk`, float64 order,
+ties to the lower row), and the per-block candidates are merged by their float64 scores (the top-K's own float64
+score, :func:`ccr_fast.ops.exact.rescore`) with ties to the lower *global* row index, so the result is the float64
+order of the whole gallery whatever the block size. A saved index is a folder:
 
 * ``embeddings.npy`` — ``[G, dim]`` float32 rows (a standard ``.npy`` file whose header leaves room to grow, so
   :meth:`Index.add` on a loaded index appends rows and rewrites only the header);
@@ -32,7 +33,6 @@ EMB, IDS, META = "embeddings.npy", "ids.txt", "index.json"
 _HEADER = 128  # bytes of the .npy preamble + header we write (fixed, so appends rewrite it in place)
 _MAGIC = b"\x93NUMPY\x01\x00"
 _BLOCK_BYTES = 64 << 20  # gallery bytes searched per block
-_MERGE_ELEMS = 1 << 22  # float64 elements of one candidate re-scoring chunk (queries x k x dim)
 ENGINES = ("exact", "faiss-ivf")
 
 
@@ -103,11 +103,6 @@ def _as_ids(ids, n: int, start: int) -> List[str]:
     if bad:
         raise ValueError(f"ids: an id may not contain a line break, got {bad[0]!r}")
     return out
-
-
-def _scores64(q64: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """float64 inner products of queries ``q64 [Q, d]`` with their candidate rows ``rows [Q, c, d]``: ``[Q, c]``."""
-    return torch.einsum("qd,qcd->qc", q64, rows.to(torch.float64))
 
 
 def _merge(best_s, best_i, s, i, k):
@@ -235,17 +230,13 @@ class Index:
         return self._search_exact(q, kk)
 
     def _search_exact(self, q: torch.Tensor, k: int):
+        from ..ops.exact import rescore
         from ..retrieval import topk
 
-        q64 = q.to(torch.float64)
         best_s = best_i = None
         for start, block in self._blocks():
             _, idx = topk(q, block, min(k, block.shape[0]))
-            c = idx.shape[1]
-            s64 = torch.empty(q.shape[0], c, dtype=torch.float64)
-            step = max(1, _MERGE_ELEMS // max(1, c * self.dim))
-            for r in range(0, q.shape[0], step):  # bounded [rows, c, dim] float64 gathers
-                s64[r: r + step] = _scores64(q64[r: r + step], block[idx[r: r + step]])
+            s64 = rescore(q, block, idx)  # the float64 score the exact top-K orders by (one summation order)
             best_s, best_i = _merge(best_s, best_i, s64, idx + start, k)
         return best_s.to(torch.float32), best_i
 
