@@ -108,6 +108,21 @@ def test_contract_float64(backend):
             torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 0])
+def test_chunked_torch_loop_of_blas_on_cuda(rows):
+    """The cuBLAS row-chunk loop of blas on CUDA (backends/blas/sigmoid_gpu.py), run here on CPU tensors."""
+    from ccr_fast.backends.blas.sigmoid import chunked
+
+    for M, N, d, k, pos_off, positives in CONTRACT_CASES:
+        x, y = torch.randn(M, d), torch.randn(N, d)
+        scale, bias = torch.tensor(3.0), torch.tensor(-2.0)
+        args = (k, pos_off, positives, 1.0 / M, True)
+        ref = S.sigmoid_forward_torch(x.double(), y.double(), scale.double(), bias.double(), *args)
+        base = S.sigmoid_forward_torch(x, y, scale, bias, *args)
+        for o, r, b in zip(chunked(x, y, scale, bias, *args, rows=rows), ref, base):
+            assert_close_fa(o, r, b, floor=2e-6 * max(1.0, r.abs().max().item()), what=f"rows={rows}")
+
+
 def test_extension_rejects_bad_arguments():
     from ccr_fast.backends.registry import extension
 
