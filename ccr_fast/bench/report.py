@@ -191,12 +191,6 @@ def write_results_md(results_dir: str, md_path: str) -> str:
                       f"- file: `{os.path.relpath(path, md_dir)}`, command: `{payload.get('command', '')}`", ""]
             lines += index_section(payload) + [""]
             continue
-        if payload.get("suite") == "index":
-            lines += [f"## Search index (G = {payload['G']:,} × d = {payload['d']}): exact memory-mapped "
-                      "`ccr_fast.Index` vs faiss", "",
-                      f"- file: `{os.path.relpath(path, md_dir)}`, command: `{payload.get('command', '')}`", ""]
-            lines += index_section(payload) + [""]
-            continue
         if payload.get("suite") == "side_by_side":
             lines += ["## Side by side (losses and retrieval, one process)", "",
                       f"- file: `{os.path.relpath(path, md_dir)}`, command: `{payload.get('command', '')}`", ""]
@@ -386,37 +380,7 @@ def index_section(r: dict) -> List[str]:
     k = r["k"]
     lines = [
         f"{r['G']:,} synthetic unit vectors of width {r['d']} (float32, {r['gallery_bytes'] / 2**20:,.0f} MiB, around "
-        f"2,000 cluster centres), {r['Q']} queries (noisy copies of gallery rows), k = {k}, one batched call per "
-        f"engine and repetition, engines interleaved in one process. `ccr_fast mmap` keeps the rows on disk and maps "
-        f"{r['block_rows']:,} rows at a time; IVF: `IndexIVFFlat`, {r['nlist']} lists trained on {r['train_sample']:,} "
-        f"rows. Recall@{k}: share of the exact top {k} (ccr_fast's float64 order) an engine returns. Resident: the RSS "
-        f"the engine holds once built; peak extra: RSS growth during one search call. Machine: {env.get('cpu')}, "
-        f"torch threads {env.get('torch_threads')}, faiss {r['faiss']} ({r['faiss_threads']} threads), "
-        f"OPENBLAS_CORETYPE={env.get('openblas_coretype')}, shared CPUs: load average (1/5/15 min) before "
-        f"{[round(x, 1) for x in (r.get('load_avg_before') or [])]}, after "
-        f"{[round(x, 1) for x in (r.get('load_avg_after') or [])]}; ccr_fast git {env.get('git_commit')}.",
-        "",
-        f"| engine | queries/s | ms per call (20/50/80 %) | recall@{k} | resident | peak extra | build |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in r["rows"]:
-        t = row.get("time_ms") or {}
-        qps = "—" if not row.get("queries_per_s") else f"{row['queries_per_s']:,.0f}"
-        ms = "—" if not t else f"{t.get('q20', t['median']):,.0f} / {t['median']:,.0f} / " \
-                              f"{t.get('q80', t['median']):,.0f}"
-        lines.append(f"| {row['engine']} | {qps} | {ms} | {row[f'recall_at_{k}']:.4f} | "
-                     f"{mib(row.get('resident_bytes'))} | {mib(row.get('peak_extra_bytes'))} | "
-                     f"{row['build_seconds']:.1f} s |")
-    return lines
-
-def index_section(r: dict) -> List[str]:
-    """Markdown lines for ``benchmarks/bench_index.py``'s JSON (search engines over one synthetic gallery)."""
-    mib = lambda b: "—" if b is None else f"{b / 2**20:,.0f} MiB"  # noqa: E731
-    env = r.get("environment", {})
-    k = r["k"]
-    lines = [
-        f"{r['G']:,} synthetic unit vectors of width {r['d']} (float32, {r['gallery_bytes'] / 2**20:,.0f} MiB, around "
-        f"2,000 cluster centres), {r['Q']} queries (noisy copies of gallery rows), k = {k}, one batched call per "
+        f"2,000 cluster centres), {r['Q']} queries (fresh draws from the same mixture), k = {k}, one batched call per "
         f"engine and repetition, engines interleaved in one process. `ccr_fast mmap` keeps the rows on disk and maps "
         f"{r['block_rows']:,} rows at a time; IVF: `IndexIVFFlat`, {r['nlist']} lists trained on {r['train_sample']:,} "
         f"rows. Recall@{k}: share of the exact top {k} (ccr_fast's float64 order) an engine returns. Resident: the RSS "

@@ -12,8 +12,8 @@ order of the whole gallery whatever the block size. A saved index is a folder:
   the row dtype, the number of rows, and the fingerprint / path of the model that made them (when built through
   :class:`ccr_fast.inference.Retriever`).
 
-``Index.load(folder, mmap=True)`` keeps the rows on disk and maps one block at a time while searching, so neither
-the resident set nor the address space grows with the gallery.
+``Index.load(folder, mmap=True)`` keeps the rows on disk and reads one block at a time while searching, so neither
+the resident set nor the address space grows with the gallery (only the ids are held in memory).
 """
 from __future__ import annotations
 
@@ -200,10 +200,10 @@ class Index:
         path = self._folder / EMB
         for s in range(0, self._disk_rows, step):
             n = min(step, self._disk_rows - s)
-            m = np.memmap(path, dtype="<f4", mode="r", offset=self._offset + s * self.dim * 4, shape=(n, self.dim))
-            block = torch.from_numpy(np.array(m))  # one block in memory; the mapping is dropped right away
-            del m
-            yield s, block
+            block = np.fromfile(path, dtype="<f4", count=n * self.dim, offset=self._offset + s * self.dim * 4)
+            if block.size != n * self.dim:
+                raise ValueError(f"index: {path} ended early (rows {s}..{s + n} missing)")
+            yield s, torch.from_numpy(block.reshape(n, self.dim))  # one block in memory at a time
 
     # --- search -----------------------------------------------------------------------------------------------
     def search(self, queries, k: int = 10) -> Tuple[torch.Tensor, torch.Tensor]:
