@@ -198,12 +198,15 @@ def load_vision_tower(name: Union[str, os.PathLike], tokens: str = "pooled",
     :meth:`VisionTower.set_trainable` (default: frozen)."""
     from transformers.utils import logging as hf_logging
 
-    level = hf_logging.get_verbosity()
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # a full CLIP/SigLIP folder's text half is reported as unused keys
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar per tower
     try:
         tower = _load_tower(name, tokens)
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
     tower.set_trainable(None if trainable_layers is None else list(trainable_layers))
     return tower
 

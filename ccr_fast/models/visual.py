@@ -1,5 +1,9 @@
-"""Visual encoders over precomputed features: an MLP over pooled features, a 1-layer transformer over frames, a
-linear projection. All map to ``[N, out_dim]`` before the common-space mapping."""
+"""Visual encoders over features: an MLP over pooled features, a 1-layer transformer over frames (or patch tokens),
+a linear projection. All map to ``[N, out_dim]`` before the common-space mapping.
+
+The features are precomputed ones, or the outputs of a frozen Hugging Face vision tower over raw images (top-level
+``visual_encoder``; :mod:`ccr_fast.models.towers`, computed once per image by :mod:`ccr_fast.data.media_data`):
+pooled ``[N, D]``, patch tokens ``[N, T, D]`` or video frames ``[N, F, D]``."""
 from __future__ import annotations
 
 from typing import Optional
