@@ -163,17 +163,24 @@ struct FHeap {
   }
 };
 
-__attribute__((target_clones("arch=x86-64-v4", "default"))) void offer64(FHeap& h, const float* s, int64_t w,
-                                                                        int64_t c0) {
+constexpr int64_t kWide = 512;  // gallery columns scored per epilogue pass (8 BRGeMM calls of 64)
+
+// Offer one row of scores (gallery indices c0 + j) to a heap: a vectorised any(s >= threshold) per 64 columns
+// drops almost every chunk before any scalar work.
+__attribute__((target_clones("arch=x86-64-v4", "default"))) void offer_row(FHeap& h, const float* s, int64_t w,
+                                                                          int64_t c0) {
   float t = h.threshold();
-  bool any = false;
-  for (int64_t j = 0; j < w; ++j) any |= s[j] >= t;
-  if (!any) return;
-  for (int64_t j = 0; j < w; ++j)
-    if (s[j] >= t) {
-      h.offer(s[j], c0 + j);
-      t = h.threshold();
-    }
+  for (int64_t j0 = 0; j0 < w; j0 += 64) {
+    const int64_t e = std::min(w, j0 + 64);
+    bool any = false;
+    for (int64_t j = j0; j < e; ++j) any |= s[j] >= t;
+    if (!any) continue;
+    for (int64_t j = j0; j < e; ++j)
+      if (s[j] >= t) {
+        h.offer(s[j], c0 + j);
+        t = h.threshold();
+      }
+  }
 }
 
 // Rows of x [N, d] (fp32, ld) -> bf16 (round to nearest even), written row-major [N, dp] (packed == false) or as
@@ -261,7 +268,7 @@ void lowp_topk(std::uintptr_t q_, int64_t ldq, std::uintptr_t g_, int64_t ldg, i
 #pragma omp parallel num_threads(nt)
   {
     try {
-      std::vector<float> tile((size_t)R * B);
+      std::vector<float> tile((size_t)R * kWide);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t task = 0; task < nqb * splits; ++task) {
         const int64_t qb = task / splits, sp = task % splits;
@@ -272,11 +279,12 @@ void lowp_topk(std::uintptr_t q_, int64_t ldq, std::uintptr_t g_, int64_t ldg, i
         std::vector<FHeap> heaps;
         heaps.reserve(nq);
         for (int64_t r = 0; r < nq; ++r) heaps.push_back(FHeap{hs + r * k, hi + r * k, 0, k});
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t c0 = b * B, w = std::min(B, G - c0);
-          ccr::lowp::brgemm(nq, B, dp, dp, B, B, false, qh.data() + q0 * dp, gpack.data() + (size_t)b * B * dp,
-                            tile.data());
-          for (int64_t r = 0; r < nq; ++r) offer64(heaps[r], tile.data() + r * B, w, c0);
+        for (int64_t b = b0; b < b1; b += kWide / B) {  // kWide columns per epilogue pass
+          const int64_t nb = std::min(kWide / B, b1 - b), c0 = b * B, w = std::min(nb * B, G - c0);
+          for (int64_t j = 0; j < nb; ++j)
+            ccr::lowp::brgemm(nq, B, dp, dp, B, kWide, false, qh.data() + q0 * dp,
+                              gpack.data() + (size_t)(b + j) * B * dp, tile.data() + j * B);
+          for (int64_t r = 0; r < nq; ++r) offer_row(heaps[r], tile.data() + r * kWide, w, c0);
         }
         if (splits > 1) {
           for (int64_t r = 0; r < nq; ++r) pn[(size_t)sp * Q + q0 + r] = heaps[r].n;
