@@ -27,6 +27,7 @@
 #include "common.h"
 #include "cpu_util.h"
 #include "gemm_tile.h"
+#include "lowp_gemm.h"
 
 namespace py = pybind11;
 
@@ -283,6 +284,142 @@ void sigmoid_forward(bool vendor, std::uintptr_t x, std::uintptr_t y, int64_t M,
   }
 }
 
+// ------------------------------------------------------------------------------------------------ bf16 inputs
+// "blas" with bf16 operands: the bf16 GEMM of lowp_gemm.h (bf16 products, fp32 accumulation, fp32 tiles) and the
+// same fp32 epilogue. Operands arrive zero-padded: x [Mp, dp], y [Np, dp] (multiples of 64), so every GEMM call has
+// N = 64; the epilogue reads only the valid region and G is zero elsewhere. G is rounded once to bf16 as the operand
+// of dx[rows] += G·y[cols] (row-major) and dyT[:, cols] += x[rows]ᵀ·G (VNNI-packed, per-thread fp32 partials).
+using ccr::lowp::bf16;
+
+void g_to_bf16(const float* G, int64_t Rg, int64_t Wg, bf16* A, bf16* V) {
+  for (int64_t i = 0; i < Rg * Wg; ++i) A[i] = ccr::lowp::to_bf16(G[i]);
+  for (int64_t jb = 0; jb < Wg / 64; ++jb)  // V per 64-column block: [Rg/2][64][2]
+    for (int64_t k2 = 0; k2 < Rg / 2; ++k2)
+      for (int64_t n = 0; n < 64; ++n) {
+        bf16* o = V + jb * Rg * 64 + (k2 * 64 + n) * 2;
+        o[0] = A[(2 * k2) * Wg + jb * 64 + n];
+        o[1] = A[(2 * k2 + 1) * Wg + jb * 64 + n];
+      }
+}
+
+void lowp_run(const bf16* x, const bf16* y, const Args& a, int64_t Mp, int64_t Np, int64_t dp, float* out3, float* dx,
+              float* dy, float* dyT_parts) {
+  ccr::lowp::check();
+  const int nt = ccr::omp_threads();
+  std::vector<bf16> ynt((size_t)Np * dp), ynn(a.need_grad ? (size_t)Np * dp : 0), xT(a.need_grad ? (size_t)dp * Mp : 0);
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t b = 0; b < Np / 64; ++b) ccr::lowp::pack_nt(y, dp, b * 64, dp, ynt.data() + (size_t)b * 64 * dp);
+    if (a.need_grad) {
+#pragma omp for schedule(static) nowait
+      for (int64_t db = 0; db < dp / 64; ++db)
+        ccr::lowp::pack_nn(y, dp, Np, db * 64, ynn.data() + (size_t)db * Np * 64);
+#pragma omp for schedule(static)
+      for (int64_t k = 0; k < dp; ++k)
+        for (int64_t r = 0; r < Mp; ++r) xT[(size_t)k * Mp + r] = x[r * dp + k];
+    }
+  }
+  if (a.need_grad) {
+    std::fill(dyT_parts, dyT_parts + (size_t)nt * dp * Np, 0.f);
+    std::fill(dx, dx + (size_t)Mp * dp, 0.f);
+  }
+  const int64_t nrb = (a.M + a.R - 1) / a.R;
+  std::vector<double> tot((size_t)nt * 3, 0.0);
+  std::string err;
+  bool failed = false;
+  int64_t next = 0;
+#pragma omp parallel num_threads(nt)
+  {
+    const int tid = ccr::omp_thread_id();
+    try {
+      std::vector<float> S((size_t)a.R * a.W), G((size_t)a.R * a.W);
+      std::vector<bf16> A(a.need_grad ? (size_t)a.R * a.W : 0), V(a.need_grad ? (size_t)a.R * a.W : 0);
+      float* dyT = a.need_grad ? dyT_parts + (size_t)tid * dp * Np : nullptr;
+      RowSums acc;
+      for (;;) {  // a shared counter, not an omp for: a throwing thread must not leave the others at a barrier
+        int64_t rb;
+#pragma omp atomic capture
+        rb = next++;
+        if (rb >= nrb) break;
+        const int64_t r0 = rb * a.R, R = std::min(a.R, a.M - r0), Rg = std::min(a.R, Mp - r0);
+        for (int64_t c0 = 0; c0 < a.N; c0 += a.W) {
+          const int64_t W = std::min(a.W, a.N - c0), Wg = std::min(a.W, Np - c0);
+          for (int64_t jb = 0; jb < Wg / 64; ++jb)
+            ccr::lowp::brgemm(Rg, 64, dp, dp, 64, Wg, false, x + r0 * dp, ynt.data() + (c0 + jb * 64) * dp,
+                              S.data() + jb * 64);
+          std::fill(G.begin(), G.begin() + Rg * Wg, 0.f);
+          for (int64_t r = 0; r < R; ++r) {
+            int64_t lo = 0, hi = 0;
+            if (a.positives) {
+              const int64_t first = (r0 + r + a.pos_off) * a.k - c0;
+              lo = std::min(std::max<int64_t>(first, 0), W);
+              hi = std::min(std::max<int64_t>(first + a.k, 0), W);
+            }
+            tile_row(S.data() + r * Wg, G.data() + r * Wg, W, lo, hi, a.scale, a.bias, a.weight, &acc);
+          }
+          if (!a.need_grad) continue;
+          g_to_bf16(G.data(), Rg, Wg, A.data(), V.data());
+          for (int64_t db = 0; db < dp / 64; ++db)
+            ccr::lowp::brgemm(Rg, 64, Wg, Wg, 64, dp, true, A.data(), ynn.data() + (size_t)db * Np * 64 + c0 * 64,
+                              dx + r0 * dp + db * 64);
+          for (int64_t jb = 0; jb < Wg / 64; ++jb)
+            ccr::lowp::brgemm(dp, 64, Rg, Mp, 64, Np, true, xT.data() + r0, V.data() + jb * Rg * 64,
+                              dyT + c0 + jb * 64);
+        }
+      }
+      tot[(size_t)tid * 3] = acc.loss;
+      tot[(size_t)tid * 3 + 1] = acc.dscale;
+      tot[(size_t)tid * 3 + 2] = acc.dbias;
+    } catch (const std::exception& e) {
+#pragma omp critical(ccr_sigmoid_lowp_err)
+      {
+        failed = true;
+        err = e.what();
+      }
+    }
+    ccr::lowp::release();
+  }
+  if (failed) throw std::runtime_error("sigmoid bf16 kernel: " + err);
+  double l = 0.0, ds = 0.0, db = 0.0;
+  for (int t = 0; t < nt; ++t) {
+    l += tot[(size_t)t * 3];
+    ds += tot[(size_t)t * 3 + 1];
+    db += tot[(size_t)t * 3 + 2];
+  }
+  out3[0] = (float)(a.weight * l);
+  out3[1] = (float)ds;
+  out3[2] = (float)db;
+  if (!a.need_grad) return;
+  const float s = (float)a.scale;
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < Mp * dp; ++i) dx[i] *= s;
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < Np; ++n)  // dy = scale · Σ_t dyT_tᵀ
+      for (int64_t k = 0; k < dp; ++k) {
+        float v = 0.f;
+        for (int t = 0; t < nt; ++t) v += dyT_parts[((size_t)t * dp + k) * Np + n];
+        dy[n * dp + k] = s * v;
+      }
+  }
+}
+
+void blas_bf16_entry(std::uintptr_t x, std::uintptr_t y, int64_t M, int64_t N, int64_t Mp, int64_t Np, int64_t dp,
+                     double scale, double bias, int64_t k, int64_t pos_off, bool positives, double weight,
+                     bool need_grad, std::uintptr_t out3, std::uintptr_t dx, std::uintptr_t dy,
+                     std::uintptr_t dyT_parts, int64_t tile_m, int64_t tile_n) {
+  CCR_CHECK_ARG(M >= 1 && N >= 1 && Mp >= M && Np >= N && Mp % 64 == 0 && Np % 64 == 0 && dp % 64 == 0 && dp >= 64,
+                "sigmoid bf16: operands must be padded to multiples of 64 (Mp >= M, Np >= N, dp)");
+  CCR_CHECK_ARG(k >= 1, "sigmoid: k (texts per row item) must be >= 1");
+  CCR_CHECK_ARG(!need_grad || (dx != 0 && dy != 0 && dyT_parts != 0), "sigmoid: need_grad needs dx, dy, dyT_parts");
+  auto up = [](int64_t v, int64_t def) { return v > 0 ? (v + 63) / 64 * 64 : def; };
+  Args a{M, N, dp, dp, dp, k, pos_off, up(tile_m, 256), up(tile_n, 512), positives, need_grad, scale, bias, weight};
+  lowp_run(ccr::as_ptr<const bf16>(x), ccr::as_ptr<const bf16>(y), a, Mp, Np, dp, ccr::as_ptr<float>(out3),
+           ccr::as_ptr<float>(dx), ccr::as_ptr<float>(dy), ccr::as_ptr<float>(dyT_parts));
+}
+
 void cpu_entry(std::uintptr_t x, std::uintptr_t y, int64_t M, int64_t N, int64_t d, int64_t ldx, int64_t ldy,
                int dtype, double scale, double bias, int64_t k, int64_t pos_off, bool positives, double weight,
                bool need_grad, std::uintptr_t out3, std::uintptr_t dx, std::uintptr_t dy, std::uintptr_t dy_parts,
@@ -311,4 +448,11 @@ void register_cpu_sigmoid(py::module_& m) {
           py::arg("positives"), py::arg("weight"), py::arg("need_grad"), py::arg("out3"), py::arg("dx"),
           py::arg("dy"), py::arg("dy_parts"), py::arg("tile_m") = 0, py::arg("tile_n") = 0,
           py::call_guard<py::gil_scoped_release>());
+  m.def("blas_sigmoid_forward_bf16", &blas_bf16_entry,
+        "Sigmoid loss forward on bf16 operands zero-padded to multiples of 64 (x [Mp, dp], y [Np, dp]) through the "
+        "registered bf16 GEMM; dx [Mp, dp], dy [Np, dp] fp32; dyT_parts: a [threads, dp, Np] fp32 workspace.",
+        py::arg("x"), py::arg("y"), py::arg("M"), py::arg("N"), py::arg("Mp"), py::arg("Np"), py::arg("dp"),
+        py::arg("scale"), py::arg("bias"), py::arg("k"), py::arg("pos_off"), py::arg("positives"), py::arg("weight"),
+        py::arg("need_grad"), py::arg("out3"), py::arg("dx"), py::arg("dy"), py::arg("dyT_parts"),
+        py::arg("tile_m") = 0, py::arg("tile_n") = 0, py::call_guard<py::gil_scoped_release>());
 }

@@ -123,6 +123,29 @@ def test_chunked_torch_loop_of_blas_on_cuda(rows):
             assert_close_fa(o, r, b, floor=2e-6 * max(1.0, r.abs().max().item()), what=f"rows={rows}")
 
 
+@pytest.mark.parametrize("M,N,d,k,pos_off,positives", CONTRACT_CASES + [(70, 140, 130, 2, 1, True)])
+def test_blas_bf16_gemm_path(M, N, d, k, pos_off, positives):
+    """bf16 CPU operands through the bf16 GEMM (bf16 products, fp32 accumulation): the scores are exact in fp32, so
+    loss, dscale and dbias hold fp32 accuracy; dx, dy carry the one bf16 rounding of G (2^-8 relative)."""
+    from ccr_fast.backends.blas import _lowp
+    from ccr_fast.backends.blas import sigmoid as blas_sigmoid
+
+    if not _lowp.available():
+        pytest.skip(f"no bf16 GEMM here: {_lowp.status()[1]}")
+    x, y = torch.randn(M, d).bfloat16(), torch.randn(N, d).bfloat16()
+    scale, bias = torch.tensor(3.0), torch.tensor(-2.0)
+    args = (k, pos_off, positives, 1.0 / M)
+    ref = S.sigmoid_forward_torch(x.double(), y.double(), scale.double(), bias.double(), *args, True)
+    for tiles in ((0, 0), (64, 64)):
+        out = blas_sigmoid.sigmoid_forward(x, y, scale, bias, *args, True, tile_m=tiles[0], tile_n=tiles[1])
+        for o, r, name in zip(out, ref, ("loss", "dx", "dy", "dscale", "dbias")):
+            assert o.dtype == torch.float32 and o.shape == r.shape, name
+            tol = 2e-6 if name in ("loss", "dscale", "dbias") else 2 ** -7
+            torch.testing.assert_close(o.double(), r, rtol=0, atol=tol * max(1.0, r.abs().max().item()), msg=name)
+    no_grad = blas_sigmoid.sigmoid_forward(x, y, scale, bias, *args, False)
+    torch.testing.assert_close(no_grad[0].double(), ref[0], rtol=2e-6, atol=2e-6)
+
+
 def test_extension_rejects_bad_arguments():
     from ccr_fast.backends.registry import extension
 

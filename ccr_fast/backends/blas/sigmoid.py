@@ -2,7 +2,8 @@
 
 The registered vendor GEMM (OpenBLAS, :mod:`._gemm`) over R×W tiles with the fused C++ epilogue of
 csrc/cpu/sigmoid.cpp: per tile the scores, the softplus sum, G and both gradient GEMMs while the tile is hot.
-fp16/bf16 operands are widened to float32 (exact). :func:`chunked` is the torch form of the same loop, used on CUDA
+bf16 operands run their GEMMs in bf16 with fp32 accumulation (the oneDNN BRGeMM of :mod:`._lowp`, when
+present) and the same fp32 epilogue; fp16 operands are widened to float32 (exact). :func:`chunked` is the torch form of the same loop, used on CUDA
 (:mod:`.sigmoid_gpu`).
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 
 from .._operands import acc_dtype
 from ..cpu import sigmoid as _cpu
-from . import _gemm
+from ..registry import extension
+from . import _gemm, _lowp
 
 Tensor = torch.Tensor
 
@@ -74,6 +76,42 @@ def sigmoid_forward(x: Tensor, y: Tensor, scale: Tensor, bias: Tensor, k: int, p
                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """loss, dx [M, d], dy [N, d], dscale, dbias (acc dtype; dx, dy empty unless ``need_grad``) for CPU tensors.
     ``tile_m``/``tile_n`` override the tile sizes (tests)."""
+    if x.dtype == torch.bfloat16 and y.dtype == torch.bfloat16 and _lowp.available():
+        return _bf16_forward(x, y, scale, bias, k, pos_off, positives, weight, need_grad, tile_m, tile_n)
     _gemm.ensure()
     return _cpu.run("blas_sigmoid_forward", x, y, scale, bias, k, pos_off, positives, weight, need_grad, tile_m,
                     tile_n)
+
+
+def _pad64(t: Tensor) -> Tensor:
+    """``t`` [n, d] as a contiguous bf16 [ceil64(n), ceil64(d)] zero-padded copy (no copy when already so)."""
+    n, d = t.shape
+    n_p, d_p = -(-n // 64) * 64, -(-d // 64) * 64
+    if (n_p, d_p) == (n, d) and t.is_contiguous():
+        return t
+    out = t.new_zeros(n_p, d_p)
+    out[:n, :d] = t
+    return out
+
+
+def _bf16_forward(x, y, scale, bias, k, pos_off, positives, weight, need_grad, tile_m, tile_n):
+    """bf16 operands through the bf16 GEMM (:mod:`._lowp`, bf16 products, fp32 accumulation) and the fp32 epilogue."""
+    M, N, d = x.shape[0], y.shape[0], x.shape[1]
+    xp, yp = _pad64(x), _pad64(y)
+    Mp, Np, dp = xp.shape[0], yp.shape[0], xp.shape[1]
+    out3 = torch.empty(3)
+    if need_grad:
+        dx, dy, parts = torch.empty(Mp, dp), torch.empty(Np, dp), torch.empty(extension().cpu_num_threads(), dp, Np)
+        ptrs = (dx.data_ptr(), dy.data_ptr(), parts.data_ptr())
+    else:
+        dx = dy = torch.empty(0)
+        ptrs = (0, 0, 0)
+    extension().blas_sigmoid_forward_bf16(xp.data_ptr(), yp.data_ptr(), M, N, Mp, Np, dp, float(scale), float(bias),
+                                          int(k), int(pos_off), bool(positives), float(weight), bool(need_grad),
+                                          out3.data_ptr(), *ptrs, tile_m=tile_m, tile_n=tile_n)
+    if need_grad:
+        dx, dy = dx[:M, :d].contiguous(), dy[:N, :d].contiguous()
+    else:
+        dy = dx.clone()
+    loss, dscale, dbias = (t.clone() for t in out3)
+    return loss, dx, dy, dscale, dbias
