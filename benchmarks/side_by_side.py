@@ -76,6 +76,9 @@ def main(argv=None) -> int:
         for prov, r in res.items():
             rec = {"workload": name, "provider": prov, **extra, **r}
             payload["records"].append(rec)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out + ".partial", "w") as f:  # survives an interrupted run
+            json.dump(payload, f, indent=1)
         line = " ".join(f"{p}={r['time_ms']['median']:.0f}ms" if r["time_ms"] else f"{p}={r['status']}"
                         for p, r in res.items())
         print(f"{name}: {line}   [{_uptime()}]", flush=True)
@@ -240,6 +243,8 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(payload, f, indent=1)
+    if os.path.exists(args.out + ".partial"):
+        os.remove(args.out + ".partial")
     md = side_by_side_table(payload)
     with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
         f.write(md)
