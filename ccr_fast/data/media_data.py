@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -67,13 +68,22 @@ def _frozen_only(cfg) -> None:
                           f"yet; use [] (a frozen tower, its outputs cached per image)")
 
 
+def _stamp(path) -> tuple:
+    """A file's identity for the per-process feature cache: path, size and modification time (None if missing)."""
+    try:
+        st = os.stat(path)
+        return str(path), st.st_size, st.st_mtime_ns
+    except OSError:
+        return str(path), None, None
+
+
 def encode_media(cfg, items: Sequence, what: str) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
     """Features of ``items`` (image paths, or lists of frame paths) through ``cfg.visual_encoder``:
     ``(features, n_frames or None, kept row indices)``; cached per process."""
     _frozen_only(cfg)
     f = cfg.files
     key = (str(cfg.visual_encoder), cfg.model.visual_tokens, f.video_frames, bool(f.skip_bad_media),
-           tuple(str(x) if not isinstance(x, list) else tuple(map(str, x)) for x in items))
+           tuple(_stamp(x) if not isinstance(x, list) else tuple(map(_stamp, x)) for x in items))
     if key in _FEATURES:
         _FEATURES.move_to_end(key)
         return _FEATURES[key]

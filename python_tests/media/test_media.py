@@ -76,3 +76,21 @@ def test_video_items_mean_and_keep(towers, tmp_path):
     single, _, _, _ = tower_features(tower, proc, items[1], batch_size=8)
     np.testing.assert_allclose(keep[1, :3], single, rtol=1e-5, atol=1e-6)
     assert torch.is_tensor(torch.from_numpy(mean))
+
+
+def test_feature_cache_sees_changed_files(towers, tmp_path):
+    from ccr_fast.config import load_config
+    from ccr_fast.data.media_data import encode_media
+
+    names = write_images(tmp_path, 3)
+    cfg = load_config(None, visual_encoder=str(towers("clip")))
+    items = [str(tmp_path / n) for n in names]
+    a, _, _ = encode_media(cfg, items, "t")
+    b, _, _ = encode_media(cfg, items, "t")
+    assert b is a  # cached within the process
+    write_images(tmp_path / "other", 3, seed=7)
+    import shutil
+
+    shutil.copy(tmp_path / "other" / names[0], tmp_path / names[0])  # same name, new content
+    c, _, _ = encode_media(cfg, items, "t")
+    assert not np.array_equal(c[0], a[0]) and np.array_equal(c[1:], a[1:])
