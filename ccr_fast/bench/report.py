@@ -307,6 +307,15 @@ def side_by_side_table(payload: dict) -> str:
         fl = ms(rows[w].get("gemm_floor"))
         over = f"{auto / fl:.2f}×" if auto and fl else "–"
         lines.append(f"| {w} | " + " | ".join(cells) + f" | {ratios[0]} | {ratios[1]} | {over} |")
+    checks = []  # retrieval rows: the timed answers against the float64 order (ties -> lower index)
+    for w in order:
+        rec = next(iter(rows[w].values()))
+        if "auto_exact_vs_float64_200q" in rec:
+            checks.append(f"{w}: ccr_fast[auto] {'equals' if rec['auto_exact_vs_float64_200q'] else 'DIFFERS FROM'}"
+                          f" the float64 order on 200 queries; faiss "
+                          f"{'equals' if rec.get('faiss_exact_vs_float64_200q') else 'differs from'} it")
+    if checks:
+        lines += ["", "Exactness: " + "; ".join(checks) + "."]
     return "\n".join(lines) + "\n"
 
 

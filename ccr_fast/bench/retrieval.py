@@ -13,6 +13,11 @@ Providers:
 * ``torch_full`` (end-to-end evaluation only) — the whole ``Q×G`` score matrix, ranks by comparison with the
   targets' scores, then ``ccr_fast.metrics.retrieval_metrics``.
 
+Exactness: every ``ccr_fast[...]`` top-k / rank is the float64 order with ties to the lower index (fp32 inputs are
+scored by the backend's fast GEMM, bf16 on AMX CPUs, and settled in float64: docs/exactness.md); ``torch_chunked``
+and ``faiss_flat_ip`` return their fp32 order. benchmarks/side_by_side.py checks the timed answers against the
+float64 order.
+
 FLOP convention: one similarity GEMM, ``2·Q·G·d``.
 """
 from __future__ import annotations

@@ -32,6 +32,7 @@ between are re-scored in float64 and counted with the tie rule.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -136,12 +137,14 @@ def _sort_exact(s64: Tensor, idx: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def max_row_norm(g: Tensor) -> float:
-    """max_c ||g_c|| in float64 (rows widened in chunks), rounded up."""
-    best = 0.0
-    rows = max(1, _CHUNK // max(1, g.shape[1]))
-    for r0 in range(0, g.shape[0], rows):
-        best = max(best, float(torch.linalg.vector_norm(g[r0:r0 + rows].double(), dim=1).max()))
-    return best * (1 + 1e-12)
+    """An upper bound of max_c ||g_c||: float32 norms inflated by ``(1 + γ_{d+2}(2^-24))`` (a sum of squares and a
+    square root) plus the subnormal term, float64 for float64 rows; +inf when a float32 square overflows (the caller then settles in
+    float64)."""
+    if g.dtype == torch.float64:
+        return float(torch.linalg.vector_norm(g, dim=1).max()) * (1 + gamma(g.shape[1] + 2, U64))
+    norms = torch.linalg.vector_norm(g.float() if g.dtype != torch.float32 else g, dim=1)
+    # components below 2^-63 may square to (flushed) subnormals: they add at most sqrt(d) 2^-63 to a norm
+    return float(norms.max()) * (1 + 2 * gamma(g.shape[1] + 2, U32)) + math.sqrt(g.shape[1]) * 2.0 ** -63
 
 
 def generic_bound(q: Tensor, g: Tensor, *, u_in: float = 0.0, u_acc: float = U32, u_out: float = 0.0,
