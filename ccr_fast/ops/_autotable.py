@@ -76,7 +76,9 @@ CPU_BLAS_MIN_WORK: Dict[str, int] = {
     "topk": 4_000_000,
     "ranks": 1_000_000,
     "similarity": 1_000_000,
-    "sigmoid": 512 * 512,  # sigmoid (SigLIP) loss: blas measured faster from B=512 (ccr_fast.bench.sigmoid)
+    # sigmoid (SigLIP) fwd+bwd, fp32, d=256, 2 threads (2026-12-07, machine load ~28, noisy): cpu and blas tie at
+    # B=512, blas 1.6-1.9x faster at B=1024 and 2x at 4096/8192 (benchmarks/results/sigmoid-cpu.json)
+    "sigmoid": 1024 * 1024,
 }
 
 
