@@ -258,6 +258,21 @@ def same_recipe(row: str) -> str:
     return ""
 
 
+def find_checkpoint(works: List[str], row: str, fold: int):
+    """The newest best checkpoint of ``row`` on ``fold`` under the ``--work`` folders, or None."""
+    found = []
+    for w in works:
+        for cfg in Path(w).glob(f"{row}/*/config.json"):
+            best = cfg.parent / "checkpoints" / "best"
+            try:
+                data = json.loads(cfg.read_text()).get("data")
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("fold") == fold and best.is_dir():
+                found.append((best.stat().st_mtime, str(best)))
+    return max(found)[1] if found else None
+
+
 def run_derived(key: str, fold: int, checkpoint: str) -> dict:
     """A derived row: the base row's best checkpoint of this fold, ranked with other overrides, on val and test."""
     from ..eval.scoring import evaluate_method
@@ -468,7 +483,8 @@ def run_folds(args, rows: List[str]) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load": os.getloadavg() if hasattr(os, "getloadavg") else None, "threads": args.threads})
     have = {(r["row"], r["fold"]): r for r in saved["records"]}
-    work = args.work or tempfile.mkdtemp(prefix="ccr_fast_folds_")
+    works = [w for w in (args.work or "").split(",") if w] or [tempfile.mkdtemp(prefix="ccr_fast_folds_")]
+    work = works[0]  # new runs go here; every folder is searched for the checkpoints of earlier runs
     states = Path(work) / "text_states.pt"  # the frozen encoder's token states, reused by a resumed run
     saved_states = load_text_states(states)
     alias = {key: same_recipe(key) for key in rows if key not in DERIVED}
@@ -478,14 +494,20 @@ def run_folds(args, rows: List[str]) -> dict:
         for key in sorted(rows, key=lambda k: k in alias):  # aliases after the rows they copy
             if key in DERIVED:
                 continue
-            derived = [d for d in rows if d in DERIVED and key in (DERIVED[d][1], alias.get(DERIVED[d][1]))]
+            derived = [] if key in alias else [
+                d for d in rows if d in DERIVED and key in (DERIVED[d][1], alias.get(DERIVED[d][1]))]
             old = have.get((key, fold))
-            if (old is not None and old["overrides"] == fold_rows()[key][1] and old.get("same_as", "") == alias.get(key, "")
-                    and all((d, fold) in have and have[(d, fold)]["overrides"].get("from") == DERIVED[d][1]
-                            and have[(d, fold)].get("base", key) == key for d in derived)):
+            base_ok = (old is not None and old["overrides"] == fold_rows()[key][1]
+                       and old.get("same_as", "") == alias.get(key, ""))
+            derived_ok = all((d, fold) in have and have[(d, fold)]["overrides"].get("from") == DERIVED[d][1]
+                             and have[(d, fold)].get("base", key) == key for d in derived)
+            if base_ok and derived_ok:
                 continue
+            best = find_checkpoint(works, key, fold) if base_ok else None
             if key in alias:  # the same resolved config as a trained row: its records, named as this row
                 todo = [dict(have[(alias[key], fold)], row=key, overrides=fold_rows()[key][1], same_as=alias[key])]
+            elif best is not None:  # trained before: only the derived rows, from its checkpoint
+                todo = [dict(run_derived(d, fold, best), base=key) for d in derived]
             else:
                 rec, best = run_fold_row(key, fold, work)
                 todo = [rec] + [dict(run_derived(d, fold, best), base=key) for d in derived]

@@ -169,6 +169,18 @@ def test_run_folds_resumes_aliases_and_selects_on_validation(tmp_path, monkeypat
     compare.run_folds(args, rows)  # resumed: nothing to train
     assert calls == []
     assert json.loads(out.read_text())["selection"] == saved["selection"]
+    # derived records lost but the base row's checkpoints are on disk: only the derived rows are evaluated
+    kept = json.loads(out.read_text())
+    kept["records"] = [r for r in kept["records"] if r["row"] != "default_plain"]
+    out.write_text(json.dumps(kept))
+    for f in range(5):
+        run = tmp_path / "work" / "ccrk_a" / f"run{f}"
+        (run / "checkpoints" / "best").mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"data": {"name": "shipped", "fold": f}}))
+    compare.run_folds(args, rows)
+    assert calls == [("default_plain", f, str(tmp_path / "work" / "ccrk_a" / f"run{f}" / "checkpoints" / "best"))
+                     for f in range(5)]
+    assert compare.find_checkpoint([str(tmp_path / "work")], "ccrk_a", 9) is None
 
 
 def test_merge_records_replaces_same_row_and_fold(tmp_path):
