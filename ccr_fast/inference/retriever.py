@@ -318,8 +318,20 @@ def _feature_ids(path: Path, n: int) -> List[str]:
     return ids
 
 
+def _one_line_usage_errors(ap) -> None:
+    """Usage errors of a subcommand print one line ``error: ...`` and exit 2 (argparse prints the usage too)."""
+    import sys
+
+    def error(message):
+        print(f"error: {ap.prog.split()[-1]}: {' '.join(str(message).split())}", file=sys.stderr)
+        sys.exit(2)
+
+    ap.error = error
+
+
 def add_index_arguments(ap) -> None:
     """Arguments of ``ccr-fast index``."""
+    _one_line_usage_errors(ap)
     ap.add_argument("checkpoint", help="checkpoint (or run) folder written by `ccr-fast train`")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--features", help="feature array X.npy [G, Dv] (ids from X.ids.txt beside it, else 0..G-1)")
@@ -370,6 +382,7 @@ def run_index(a) -> dict:
 
 def add_search_arguments(ap) -> None:
     """Arguments of ``ccr-fast search``."""
+    _one_line_usage_errors(ap)
     ap.add_argument("index", help="index folder written by `ccr-fast index`")
     ap.add_argument("query", nargs="?", default=None, help="a caption (an image path for an index of texts)")
     ap.add_argument("--queries", help="a file with one query per line (searched after QUERY, if given)")

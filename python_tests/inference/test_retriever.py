@@ -188,6 +188,12 @@ def test_cli_index_and_search_round_trip(qb_run, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err, (argv, err)
+    for argv in (["index", qb_run.best_checkpoint, "--out", str(tmp_path / "ix3")],  # neither --features nor --images
+                 ["search", str(out), "a dog", "--k", "many"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and err.startswith("error: ") and "\n" not in err, (argv, err)
 
 
 def test_default_checkpoint_search_equals_evaluate_on_the_shipped_test_split(tmp_path):
