@@ -1,7 +1,7 @@
 """Side-by-side CPU measurement of the loss and retrieval workloads in one process (d=256, interleaved repeats, medians).
 
     python benchmarks/side_by_side.py [--threads 2] [--reps 5] [--out benchmarks/results/side_by_side-cpu.json]
-                                      [--only clip,one_to_k,topk]
+                                      [--only clip,one_to_k,sigmoid,topk]
 
 Workloads and providers:
 
@@ -12,6 +12,9 @@ Workloads and providers:
   ``ClipLoss`` (loaded from its file; CLIP only), ``ccr_fast[cpu]`` and ``ccr_fast[blas] recompute``
   (``CCR_FAST_BLAS_WORKSPACE_MB=32``: no keep-Z) for fp32, ``ccr_fast[blas]``, ``ccr_fast[auto]``, and the GEMM
   floor: the 3 GEMMs of the same shapes (fp32: the chosen BLAS; bf16: ``torch.mm`` in bf16, oneDNN).
+* sigmoid (SigLIP) fwd+bwd fp32, N=4096, 8192 (``ccr_fast.bench.sigmoid.sigmoid_point``): open_clip's formula
+  eager (``torch_eager``) and under torch.compile per shape (both modes), open_clip's ``SigLipLoss``,
+  ``ccr_fast[cpu|blas|auto]`` and the GEMM floor.
 * top-10 / top-100, Q=1k/10k, G=100k: torch chunked mm + topk, faiss-cpu ``IndexFlatIP`` (index built outside the
   timing), ``ccr_fast[cpu]``, ``ccr_fast[blas]``, ``ccr_fast[auto]`` and the GEMM floor (Q×G scores through the
   chosen BLAS, in 1k-row chunks).
@@ -43,7 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--max-seconds", type=float, default=120.0)
-    ap.add_argument("--only", default="clip,one_to_k,topk")
+    ap.add_argument("--only", default="clip,one_to_k,sigmoid,topk")
     ap.add_argument("--sizes", default="4096,8192", help="CLIP N values (1-to-K uses B = the first / 2)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                   "side_by_side-cpu.json"))
@@ -187,6 +190,11 @@ def main(argv=None) -> int:
         for dtype in (torch.bfloat16, torch.float32):
             tag = "bf16" if dtype == torch.bfloat16 else "fp32"
             loss_point(f"1-to-K K=4 fwd+bwd {tag} B={sizes[0] // 2}", 4, sizes[0] // 2, dtype)
+    if "sigmoid" in only:  # SigLIP loss, fp32: providers in ccr_fast/bench/sigmoid.py
+        from ccr_fast.bench.sigmoid import sigmoid_point
+
+        for n in sizes:
+            sigmoid_point(run_point, n, gen=gen)
     if "topk" in only:
         import numpy as np
 

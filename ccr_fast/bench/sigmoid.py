@@ -3,8 +3,8 @@
 Providers (the same math: ``−Σ logsigmoid(label · (s · I Tᵀ + b)) / B``, gradients for both features, the scale
 and the bias, fp32 inputs):
 
-* ``open_clip_formula_eager`` — :func:`open_clip_formula` (open_clip's ``SigLipLoss`` math with materialised
-  logits and labels);
+* ``torch_eager`` — :func:`open_clip_formula` (open_clip's ``SigLipLoss`` math with materialised logits and
+  labels), eager;
 * ``torch_compile`` / ``torch_compile_max_autotune`` — ``torch.compile`` of that function, compiled per shape
   (``dynamic=False``, as a training loop with a fixed batch compiles it), warm; the ratio's baseline is the faster;
 * ``open_clip`` — ``open_clip.loss.SigLipLoss`` loaded from its file, when installed;
@@ -91,7 +91,7 @@ def sigmoid_point(run_point: Callable[[str, Dict[str, Callable], dict], None], n
         _gemm.mm(zbuf, img, trans_a=True, out=dy)
 
     providers = {
-        "open_clip_formula_eager": fb(lambda: open_clip_formula(*leaves)),
+        "torch_eager": fb(lambda: open_clip_formula(*leaves)),
         "torch_compile": fb(lambda: comp(*leaves)),
         "torch_compile_max_autotune": fb(lambda: comp_at(*leaves)),
     }
