@@ -379,7 +379,11 @@ def render_headline(saved: dict) -> str:
         return "(the fold comparison has no `default` or `linear_qb` row yet)"
     d, r = summ["default"], summ[REFERENCE]
     n = len(d["folds"])
-    text = (f"Over {n} disjoint 200-image test folds of the 1,000 shipped images (each row trained on the fold's "
+    total = int(saved.get("protocol", {}).get("folds", 5))
+    text = ("" if n == total and len(r["folds"]) == total else
+            f"**Unfinished: {n} of {total} folds of the default and {len(r['folds'])} of `linear` + query bank "
+            f"have records; the numbers below cover only those.** ")
+    text += (f"Over {n} disjoint 200-image test folds of the 1,000 shipped images (each row trained on the fold's "
             f"700 training images, every choice made on its 100 validation images), the built-in default reaches "
             f"mean test SumR **{d['test_mean_std'][0]:.1f} ± {d['test_mean_std'][1]:.1f}** (mean ± std over folds) "
             f"and `linear` + query bank **{r['test_mean_std'][0]:.1f} ± {r['test_mean_std'][1]:.1f}**")
@@ -408,7 +412,10 @@ def render_folds(saved: dict) -> str:
     """The docs/results.md section (between the fold markers) from the saved fold JSON."""
     sel = saved.get("selection")
     out = [FOLD_BEGIN, "", render_headline(saved), "", render_fold_table(saved), ""]
-    if sel:
+    if sel and not sel.get("winner"):
+        out.append(f"Selection (validation only, `{sel['rule']}`): no winner named — {sel.get('note', '')}.")
+        out.append("")
+    elif sel:
         out.append(f"Selection (validation only, `{sel['rule']}`): mean val SumR per recipe "
                    + ", ".join(f"`{k}` {v:.1f}" for k, v in sel["val_means"].items())
                    + f" → **`{sel['winner']}`**.")
@@ -546,7 +553,10 @@ def apply_selection(saved: dict, n_folds: int) -> dict:
     """``saved["selection"]``: the frozen rule (:mod:`.select`) over :func:`validation_view` of the records."""
     from . import select
 
-    saved["selection"] = dict(select.select_default(validation_view(saved), n_folds=n_folds), rule=select.RULE)
+    try:
+        saved["selection"] = dict(select.select_default(validation_view(saved), n_folds=n_folds), rule=select.RULE)
+    except ValueError as e:  # no recipe has every fold yet (an unfinished run): no winner is named
+        saved["selection"] = {"winner": None, "rule": select.RULE, "note": str(e), "val_means": {}}
     return saved["selection"]
 
 
