@@ -14,6 +14,12 @@ A frozen tower (``model.visual_trainable_layers: []``, the default) runs once pe
 collection's features (``[N, D]`` pooled, ``[N, T, D]`` patch tokens, or ``[N, F, D]`` frames with
 ``files.video_frames: keep``), kept for the process so validation and test reuse them. Video frames are sampled
 uniformly (``files.frames_per_video``). Bad media follow ``files.skip_bad_media`` (:mod:`.media`).
+
+A trainable tower (``model.visual_trainable_layers``: the top blocks by index, or null for the whole tower) is
+split: the frozen bottom runs once per image (Pillow decoding in DataLoader workers, as above) and its flat output
+states ``[N, T·D]`` (the processed pixels ``[N, C·H·W]`` for null) become the features; the top
+(:class:`ccr_fast.models.towers.TowerTop`, attached to the method by :func:`attach_tower`) runs in every step,
+trains, and is saved in the checkpoint.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from .readers import DataFormatError
 log = logging.getLogger("ccr_fast.data")
 
 __all__ = ["read_media_csv", "media_csv_data", "media_jsonl_data", "nrccr_media_features", "encode_media",
-           "get_tower", "last_report"]
+           "get_tower", "last_report", "tower_trains", "feature_tower", "tower_out_dim", "attach_tower"]
 
 _TOWERS: Dict[tuple, tuple] = {}
 _FEATURES: "OrderedDict[tuple, tuple]" = OrderedDict()
@@ -59,13 +65,55 @@ def get_tower(name: str, tokens: str = "pooled", trainable_layers=()) -> tuple:
     return _TOWERS[key]
 
 
-def _frozen_only(cfg) -> None:
+def tower_trains(cfg) -> bool:
+    """Whether ``cfg`` trains (part of) its ``visual_encoder`` tower (``model.visual_trainable_layers`` not [])."""
     layers = cfg.model.visual_trainable_layers
-    if layers is None or list(layers):
-        from ..config import ConfigError
+    return bool(cfg.visual_encoder) and (layers is None or bool(list(layers)))
 
-        raise ConfigError(f"model.visual_trainable_layers={layers!r}: training the vision tower is not supported "
-                          f"yet; use [] (a frozen tower, its outputs cached per image)")
+
+def _spec(cfg):
+    layers = cfg.model.visual_trainable_layers
+    return None if layers is None else list(layers)
+
+
+def feature_tower(cfg) -> tuple:
+    """``(module, image processor)``: what turns ``pixel_values`` into this config's features: the frozen tower,
+    or the frozen bottom of a trainable one (:class:`ccr_fast.models.towers.TowerBottom`)."""
+    tower, proc = get_tower(cfg.visual_encoder, cfg.model.visual_tokens)
+    if not tower_trains(cfg):
+        return tower, proc
+    from ..models.towers import TowerBottom, trainable_start
+
+    return TowerBottom(tower, trainable_start(tower, _spec(cfg))), proc
+
+
+def tower_out_dim(cfg) -> int:
+    """The width of the tower's output (what the method's visual head takes when the tower trains)."""
+    tower, _ = get_tower(cfg.visual_encoder, cfg.model.visual_tokens)
+    return int(tower.out_dim)
+
+
+def attach_tower(method) -> None:
+    """Give ``method`` the trainable top of its tower (``method.tower_top``, its own copy of the weights) and run
+    it in front of ``method.visual``; a no-op for a frozen tower."""
+    cfg = method.cfg
+    if not tower_trains(cfg):
+        return
+    from ..models.towers import TowerTop, load_vision_tower, resolve_hf_model, trainable_start
+
+    path = str(resolve_hf_model(cfg.visual_encoder))
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        tower = load_vision_tower(path, tokens=cfg.model.visual_tokens, trainable_layers=[])
+    start = trainable_start(tower, _spec(cfg))
+    tower.set_trainable(_spec(cfg))
+    method.tower_top = TowerTop(tower, start)
+
+    def run_top(module, args):
+        return (method.tower_top(args[0]),) + tuple(args[1:])
+
+    method.visual.register_forward_pre_hook(run_top)
 
 
 def _stamp(path) -> tuple:
@@ -80,14 +128,20 @@ def _stamp(path) -> tuple:
 def encode_media(cfg, items: Sequence, what: str) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
     """Features of ``items`` (image paths, or lists of frame paths) through ``cfg.visual_encoder``:
     ``(features, n_frames or None, kept row indices)``; cached per process."""
-    _frozen_only(cfg)
     f = cfg.files
-    key = (str(cfg.visual_encoder), cfg.model.visual_tokens, f.video_frames, bool(f.skip_bad_media),
+    trains = tower_trains(cfg)
+    if trains and any(isinstance(x, list) for x in items):
+        from ..config import ConfigError
+
+        raise ConfigError("model.visual_trainable_layers: a trainable tower takes images, not video frame folders "
+                          "(use [] for video)")
+    key = (str(cfg.visual_encoder), cfg.model.visual_tokens, repr(_spec(cfg)) if trains else "frozen",
+           f.video_frames, bool(f.skip_bad_media),
            tuple(_stamp(x) if not isinstance(x, list) else tuple(map(_stamp, x)) for x in items))
     if key in _FEATURES:
         _FEATURES.move_to_end(key)
         return _FEATURES[key]
-    tower, proc = get_tower(cfg.visual_encoder, cfg.model.visual_tokens)
+    tower, proc = feature_tower(cfg)
     device = cfg.device
     import torch
 

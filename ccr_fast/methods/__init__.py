@@ -13,7 +13,12 @@ def build_method(cfg) -> Method:
     """Instantiate the method named by ``cfg.method``."""
     if cfg.method not in METHODS:
         raise ValueError(f"method must be one of {tuple(METHODS)}, got {cfg.method!r}")
-    return METHODS[cfg.method].build(cfg)
+    method = METHODS[cfg.method].build(cfg)
+    if getattr(cfg, "visual_encoder", None):  # a trainable vision tower's top runs in front of method.visual
+        from ..data.media_data import attach_tower
+
+        attach_tower(method)
+    return method
 
 
 __all__ = ["Method", "Baseline", "Linear", "NRCCR", "CL2CM", "CCRk", "METHODS", "build_method"]

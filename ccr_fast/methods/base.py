@@ -208,9 +208,9 @@ class Method(nn.Module):
             raise ValueError(f"images: this {self.name} model was trained on feature arrays (no visual_encoder); "
                              f"pass its features [N, {self.cfg.model.visual_dim}] instead of images")
         from ..data.media import encode_images
-        from ..data.media_data import get_tower
+        from ..data.media_data import feature_tower
 
-        tower, proc = get_tower(self.cfg.visual_encoder, self.cfg.model.visual_tokens)
+        tower, proc = feature_tower(self.cfg)  # a trainable tower: its frozen bottom (the top is in the model)
         tower.to(self.device)
         return encode_images(tower, proc, images, batch_size=int(self.cfg.files.media_batch_size)).cpu().numpy()
 

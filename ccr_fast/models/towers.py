@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["hf_cache_dir", "resolve_hf_model", "VisionTower", "load_vision_tower", "load_image_processor",
-           "VISION_TYPES"]
+           "VISION_TYPES", "trainable_start", "TowerBottom", "TowerTop"]
 
 VISION_TYPES = ("clip", "clip_vision_model", "siglip", "siglip_vision_model", "vit", "swin", "convnext")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -232,3 +232,102 @@ def _load_tower(name, tokens: str) -> VisionTower:
         raise ValueError(f"visual_encoder: {str(name)!r} is a {kind or 'unknown'!r} model; supported vision towers: "
                          f"{', '.join(VISION_TYPES)}")
     return VisionTower(model.eval(), "siglip" if kind == "siglip_vision_model" else kind, tokens, source=str(path))
+
+
+# ------------------------------------------------------------------------------------ a tower split for training
+_FLAT = ("clip", "clip_vision_model", "siglip", "vit")  # towers with one flat list of blocks
+
+
+def _core(tower: VisionTower) -> nn.Module:
+    """The transformer inside a flat tower: the module holding ``embeddings`` and ``encoder``."""
+    for m in tower.model.modules():
+        if hasattr(m, "embeddings") and (hasattr(m, "encoder") or hasattr(m, "layers")):
+            return m
+    raise ValueError(f"visual_encoder: cannot find the embeddings/encoder of this {tower.kind} tower")
+
+
+def _layers(core: nn.Module):
+    enc = getattr(core, "encoder", core)
+    return enc.layers if hasattr(enc, "layers") else enc.layer
+
+
+def _run(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    out = layer(h, None)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def trainable_start(tower: VisionTower, layers) -> Optional[int]:
+    """Where training starts for ``model.visual_trainable_layers``: ``None`` (null: the whole tower, from the
+    pixels) or ``k`` (the listed blocks are ``k .. top``, ints, negative from the top). Anything else: ValueError."""
+    if layers is None:
+        return None
+    blocks = tower.blocks()
+    name = "model.visual_trainable_layers"
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, (list, tuple)) or not layers:
+        raise ValueError(f"{name}: expected null (the whole tower) or a non-empty list of block indices, "
+                         f"got {layers!r}")
+    keep = set()
+    for x in layers:
+        if isinstance(x, bool) or not isinstance(x, int) or not -len(blocks) <= x < len(blocks):
+            raise ValueError(f"{name}: expected block indices in [-{len(blocks)}, {len(blocks)}) for this "
+                             f"{tower.kind} tower, got {x!r}")
+        keep.add(x % len(blocks))
+    k = min(keep)
+    if keep != set(range(k, len(blocks))):
+        raise ValueError(f"{name}: the trainable blocks must be the top ones (k .. {len(blocks) - 1}, the frozen "
+                         f"bottom is computed once per image), got {list(layers)!r}")
+    if tower.kind not in _FLAT:
+        raise ValueError(f"{name}: a {tower.kind} tower trains whole (null) or frozen ([]); block lists are "
+                         f"supported for {', '.join(_FLAT)}")
+    if tower.tokens != "pooled":
+        raise ValueError(f"{name}: a trainable tower needs model.visual_tokens='pooled', got {tower.tokens!r}")
+    return k
+
+
+class TowerBottom(nn.Module):
+    """The frozen part of a tower below block ``start``: ``pixel_values [N, C, H, W]`` → flat states
+    ``[N, T·D]`` (``start=None``: the pixels themselves, flattened ``[N, C·H·W]``)."""
+
+    def __init__(self, tower: VisionTower, start: Optional[int]):
+        super().__init__()
+        self.tower, self.start = tower, start
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.start is None:
+            return pixel_values.flatten(1)
+        core = _core(self.tower)
+        h = core.embeddings(pixel_values)
+        if hasattr(core, "pre_layrnorm"):
+            h = core.pre_layrnorm(h)
+        for layer in _layers(core)[: self.start]:
+            h = _run(layer, h)
+        return h.flatten(1)
+
+
+class TowerTop(nn.Module):
+    """The trainable part of a tower: :class:`TowerBottom`'s flat output ``[B, F]`` → the tower's pooled output
+    ``[B, D]`` (blocks ``start ..`` top, then the tower's final norm / pooling / projection)."""
+
+    def __init__(self, tower: VisionTower, start: Optional[int]):
+        super().__init__()
+        self.tower, self.start = tower, start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self.start is None:
+            c = int(self.tower.model.config.num_channels)
+            side = int(round((x.shape[1] // c) ** 0.5))
+            return self.tower(x.view(n, c, side, side))
+        core = _core(self.tower)
+        h = x.view(n, -1, int(self.tower.model.config.hidden_size))
+        for layer in _layers(core)[self.start:]:
+            h = _run(layer, h)
+        kind = self.tower.kind
+        if kind in ("clip", "clip_vision_model"):
+            pooled = core.post_layernorm(h[:, 0])
+            proj = getattr(self.tower.model, "visual_projection", None)
+            return proj(pooled) if kind == "clip" and proj is not None else pooled
+        if kind == "siglip":
+            h = core.post_layernorm(h)
+            return core.head(h) if getattr(core, "use_head", False) and hasattr(core, "head") else h.mean(1)
+        return core.layernorm(h)[:, 0]  # vit: the final [CLS] state

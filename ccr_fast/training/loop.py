@@ -210,6 +210,11 @@ def _visual_width(dataset) -> int:
 
 def check_visual_dim(cfg: Config, width: int, where: str) -> None:
     """Set ``model.visual_dim`` from the data, or raise when a configured value contradicts it."""
+    if getattr(cfg, "visual_encoder", None):
+        from ..data.media_data import tower_out_dim, tower_trains
+
+        if tower_trains(cfg):  # the features are the frozen bottom's states; the head takes the tower's output
+            width = tower_out_dim(cfg)
     if cfg.model.visual_dim is None:
         cfg.model.visual_dim = width
     elif int(cfg.model.visual_dim) != width:
@@ -458,6 +463,41 @@ def test(run: Run) -> Dict[str, object]:
     return metrics
 
 
+TIMING = "timing.json"  # the run's wall time and the machine it ran on (timing_record), written when it completes
+
+
+def _load_average() -> Optional[List[float]]:
+    import os
+
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # not on every platform
+        return None
+
+
+def timing_record(run: Run, metrics: dict, started: float, load_start) -> dict:
+    """Wall time of a finished :func:`train` call (from the call to the end of testing: loading the encoder and
+    the data, training, validation, test) and what it ran on: load average at the start and the end, CPU count,
+    torch threads, device, world size, versions, ``OPENBLAS_CORETYPE``."""
+    import datetime
+    import os
+    import platform
+
+    from .. import __version__
+
+    def utc(t):
+        return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")
+
+    now = time.time()
+    return {"wall_seconds": round(now - started, 2), "train_seconds": metrics.get("train_seconds"),
+            "started_utc": utc(started), "finished_utc": utc(now), "load_average_start": load_start,
+            "load_average_end": _load_average(), "cpu_count": os.cpu_count(),
+            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "device": str(run.device), "world_size": run.world,
+            "steps": run.state["step"], "python": platform.python_version(), "torch": torch.__version__,
+            "ccr_fast": __version__, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
+
+
 def train(config=None, *, datasets: Optional[dict] = None, **overrides) -> TrainResult:
     """Train the configured method; see the module docstring.
 
@@ -468,6 +508,7 @@ def train(config=None, *, datasets: Optional[dict] = None, **overrides) -> Train
         overrides: dotted or top-level config keys.
     """
     cfg = resolve_config(config, overrides)
+    started = (time.time(), _load_average())
     ok = False
     try:
         run = build(cfg, datasets)
@@ -482,6 +523,7 @@ def train(config=None, *, datasets: Optional[dict] = None, **overrides) -> Train
                 ckpt.export_checkpoint(run.ckpt_dir / "best", exported)
             (run.run_dir / ckpt.FINISHED).write_text(json.dumps({"step": run.state["step"],
                                                                  "epoch": run.state["epoch"]}))
+            (run.run_dir / TIMING).write_text(json.dumps(timing_record(run, metrics, *started), indent=2))
         ok = True
     finally:
         dist.teardown(ok)  # a process group that build() created (torchrun) ends with the run, cleanly
