@@ -517,3 +517,32 @@ def test_two_gloo_processes_mean_equals_full_batch(tmp_path):
             for i, name in ((2, "scale"), (3, "bias")):
                 torch.testing.assert_close(sum(r[key][name].double() for r in res) / WORLD, ref_g[i], rtol=1e-4,
                                            atol=1e-6, msg=f"{key} {name}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Benchmark pieces (ccr_fast/bench/sigmoid.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_benchmark_baseline_formula_and_point():
+    from ccr_fast.bench import sigmoid as bench_sigmoid
+
+    img, txt = _feats(9, 8), _feats(9, 8)
+    s, b = torch.tensor(10.0), torch.tensor(-10.0)
+    torch.testing.assert_close(bench_sigmoid.open_clip_formula(img, txt, s, b).double(),
+                               siglip_ref(img, txt, 10.0, -10.0), rtol=1e-5, atol=1e-6)
+    seen = {}
+
+    def run_point(name, providers, extra):  # run every provider once; all return the same loss
+        seen[name] = {p: fn() for p, fn in providers.items()}
+        seen["extra"] = extra
+
+    torch._dynamo.reset()
+    bench_sigmoid.sigmoid_point(run_point, 64, d=16)
+    out = seen["sigmoid fwd+bwd fp32 N=64"]
+    assert {"torch_eager", "torch_compile", "ccr_fast[auto]", "gemm_floor"} <= set(out)
+    ref = out["torch_eager"]
+    for name, val in out.items():
+        if name != "gemm_floor":
+            torch.testing.assert_close(val, ref, rtol=1e-5, atol=1e-5, msg=name)
+    assert seen["extra"] == {"B": 64, "K": 1, "d": 16, "dtype": "float32"}
