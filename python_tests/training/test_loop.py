@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from _chance import assert_consistent, assert_run_metrics_consistent, chance_sumr
+
 from ccr_fast.cli import build_parser, parse_overrides
 from ccr_fast.config import load_config
 from ccr_fast.data import EvalSet
@@ -79,7 +81,13 @@ def test_train_with_eval_sets_reports_metrics_and_mrv(tmp_path):
     res = train(dict(TINY, method="ccrk", batch_size=4, epochs=2, output_dir=str(tmp_path)),
                 datasets={"train": items, "val": sets, "test": sets})
     assert set(res.metrics["en"]) >= {"t2v_r1", "v2t_r10", "sumr", "mr"}
-    assert 0 <= res.metrics["sumr"] <= 600 and res.metrics["mrv"] >= 0
+    # No margin over chance can be asked here: the tiny items' visual features are random, unrelated to their
+    # captions, and chance SumR on 8 items is 350 of 600 (measured 350-381 over 3 seeds, 2 or 10 epochs). What must
+    # hold is the metrics' consistency (learning is tested on the shipped data: test_default_run.py).
+    for lang in ("en", "fr"):
+        assert_consistent(res.metrics[lang], 8, 8)
+    assert_run_metrics_consistent(res.metrics)
+    assert chance_sumr([1] * 8) == pytest.approx(350.0) and res.metrics["mrv"] >= 0
     assert res.best_checkpoint and Path(res.best_checkpoint, "model.safetensors").is_file()
     assert len(res.history) == 2
     again = evaluate(res.run_dir, data=sets)
@@ -222,7 +230,12 @@ def test_train_on_synthetic_data(tmp_path):
     res = train(dict(TINY, method="nrccr", data={"name": "synthetic", "n_items": 60}, languages=["en", "de"],
                      **{"model.visual_dim": None},
                      batch_size=8, epochs=1, output_dir=str(tmp_path)))
-    assert set(res.metrics["languages"]) == {"de"} and 0 <= res.metrics["de"]["sumr"] <= 600
+    # 1 epoch of a tiny random-init encoder on 48 synthetic training items, tested on 12 items: chance SumR is 266.7
+    # and runs measured 208-300 (seeds 0-2, 1 or 3 epochs), so no margin over chance is claimed; the metrics must be
+    # consistent
+    assert set(res.metrics["languages"]) == {"de"}
+    assert_consistent(res.metrics["de"], 12, 12)
+    assert_run_metrics_consistent(res.metrics)
     with pytest.raises(ValueError, match="data: expected 'shipped'"):
         load_data(load_config(None, data="nowhere"), "train")
 
@@ -246,3 +259,13 @@ def test_validation_and_test_use_their_own_fusion_weights(tmp_path, monkeypatch)
     assert weights[:-1] == [0.3, 0.3] and weights[-1] == 0.8  # two validations, then the test
     with pytest.raises(ValueError, match="fusion_weight_val"):
         train(dict(TINY, method="nrccr", **{"nrccr.fusion_weight_val": 1.5}), datasets={"train": tiny_items(8)})
+
+
+def test_chance_sumr_hand_computed():
+    assert chance_sumr([1] * 200) == pytest.approx(16.0)  # R@k = k/G both ways: 2·100·(1+5+10)/200
+    assert chance_sumr([1] * 8) == pytest.approx(350.0)  # 2·100·(1/8 + 5/8 + 1): R@10 is certain with 8 items
+    # 2 items with 2 captions each (Q = 4): t2v R@1 = 1/2, R@5 = R@10 = 1; v2t R@1 = 1 − C(2,1)/C(4,1) = 1/2
+    assert chance_sumr([2, 2]) == pytest.approx(100 * (0.5 + 1 + 1 + 0.5 + 1 + 1))
+    with pytest.raises(AssertionError):  # the consistency check catches a SumR that is not the six recalls' sum
+        assert_consistent({"t2v_r1": 10.0, "t2v_r5": 50.0, "t2v_r10": 90.0, "v2t_r1": 10.0, "v2t_r5": 50.0,
+                           "v2t_r10": 90.0, "t2v_medr": 5, "v2t_medr": 5, "sumr": 299.0, "mr": 299.0 / 6})
