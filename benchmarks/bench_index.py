@@ -1,7 +1,8 @@
 """Search-index benchmark: exact search of a saved, memory-mapped ``ccr_fast.Index`` against faiss, at G = 1M.
 
-Synthetic gallery: G unit vectors of width d (default 1,000,000 × 128, float32, 512 MiB), drawn around 2,000 random
-cluster centres (so an inverted-file index has structure to use); Q queries are fresh draws from the same mixture.
+Synthetic gallery: G unit vectors of width d (default 1,000,000 × 128, float32, 512 MiB): 2,000 standard-normal
+cluster centres plus ``noise`` (default 1.5) times standard-normal noise, normalised — a weak cluster structure, so
+neighbours spread over several inverted lists; Q queries are fresh draws from the same mixture.
 The gallery is written once into an index folder (``Index.save`` / appends) and then, in this one process,
 interleaved repetitions (``ccr_fast.bench.harness.measure``) time:
 
@@ -49,35 +50,35 @@ def _rss() -> int:
     return 0
 
 
-def write_gallery(folder: Path, G: int, d: int, seed: int = 0) -> dict:
+def write_gallery(folder: Path, G: int, d: int, noise: float, seed: int = 0) -> dict:
     """Write the synthetic index folder (skipped when it already holds G rows of width d)."""
     from ccr_fast import Index
 
     meta = folder / "index.json"
     if meta.is_file():
         m = json.loads(meta.read_text())
-        if m.get("count") == G and m.get("dim") == d:
+        if m.get("count") == G and m.get("dim") == d and m.get("kind") == f"synthetic noise={noise}":
             return {"written_seconds": None}
     t0 = time.time()
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((2000, d)).astype(np.float32)  # the first draw: queries() redraws the same
-    Index(d).save(folder)
+    Index(d, kind=f"synthetic noise={noise}").save(folder)
     ix = Index.load(folder)
     step = 1 << 16
     for s in range(0, G, step):
         n = min(step, G - s)
-        x = centres[rng.integers(0, len(centres), n)] + 0.6 * rng.standard_normal((n, d)).astype(np.float32)
+        x = centres[rng.integers(0, len(centres), n)] + noise * rng.standard_normal((n, d)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         ix.add(x)
     return {"written_seconds": time.time() - t0}
 
 
-def queries(Q: int, d: int, seed: int = 0) -> torch.Tensor:
+def queries(Q: int, d: int, noise: float, seed: int = 0) -> torch.Tensor:
     """Q fresh draws from the gallery's distribution (the same cluster centres, new noise): their neighbours are
     spread over several clusters, as real queries' are."""
     centres = np.random.default_rng(seed).standard_normal((2000, d)).astype(np.float32)
     rng = np.random.default_rng(seed + 1)
-    q = centres[rng.integers(0, len(centres), Q)] + 0.6 * rng.standard_normal((Q, d)).astype(np.float32)
+    q = centres[rng.integers(0, len(centres), Q)] + noise * rng.standard_normal((Q, d)).astype(np.float32)
     return torch.from_numpy((q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32))
 
 
@@ -93,6 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--Q", type=int, default=256)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--noise", type=float, default=1.5, help="noise around the cluster centres (per dimension)")
     ap.add_argument("--nlist", type=int, default=1024)
     ap.add_argument("--train-sample", type=int, default=65536, help="IVF k-means training rows")
     ap.add_argument("--nprobe", type=int, nargs="+", default=[8, 32, 128])
@@ -110,8 +112,8 @@ def main(argv=None) -> int:
     load_before = harness.load_average()
     folder = Path(args.dir) / f"G{args.G}-d{args.d}"
     folder.mkdir(parents=True, exist_ok=True)
-    wrote = write_gallery(folder, args.G, args.d)
-    q = queries(args.Q, args.d)
+    wrote = write_gallery(folder, args.G, args.d, args.noise)
+    q = queries(args.Q, args.d, args.noise)
     qn = q.numpy()
     cpu = torch.device("cpu")
     engines, builds = {}, {}
@@ -165,7 +167,7 @@ def main(argv=None) -> int:
                      "resident_bytes": builds[name]["resident_bytes"], "build_seconds": builds[name]["build_seconds"],
                      f"recall_at_{args.k}": recalls[name], "error": r.get("error")})
     payload = {"suite": "index", "command": "python benchmarks/bench_index.py " + " ".join(sys.argv[1:]),
-               "G": args.G, "d": args.d, "Q": args.Q, "k": args.k, "nlist": args.nlist,
+               "G": args.G, "d": args.d, "Q": args.Q, "k": args.k, "nlist": args.nlist, "noise": args.noise,
                "train_sample": args.train_sample, "gallery_bytes": args.G * args.d * 4,
                "block_rows": mm.block_rows, "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),
                "gallery_written_seconds": wrote["written_seconds"], "load_avg_before": load_before,

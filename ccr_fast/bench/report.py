@@ -389,7 +389,7 @@ def index_section(r: dict) -> List[str]:
     k = r["k"]
     lines = [
         f"{r['G']:,} synthetic unit vectors of width {r['d']} (float32, {r['gallery_bytes'] / 2**20:,.0f} MiB, around "
-        f"2,000 cluster centres), {r['Q']} queries (fresh draws from the same mixture), k = {k}, one batched call per "
+        f"2,000 cluster centres, noise {r.get('noise', 0.6)}), {r['Q']} queries (fresh draws from the same mixture), k = {k}, one batched call per "
         f"engine and repetition, engines interleaved in one process. `ccr_fast mmap` keeps the rows on disk and maps "
         f"{r['block_rows']:,} rows at a time; IVF: `IndexIVFFlat`, {r['nlist']} lists trained on {r['train_sample']:,} "
         f"rows. Recall@{k}: share of the exact top {k} (ccr_fast's float64 order) an engine returns. Resident: the RSS "
