@@ -389,10 +389,10 @@ def index_section(r: dict) -> List[str]:
     k = r["k"]
     lines = [
         f"{r['G']:,} synthetic unit vectors of width {r['d']} (float32, {r['gallery_bytes'] / 2**20:,.0f} MiB, around "
-        f"2,000 cluster centres, noise {r.get('noise', 0.6)}), {r['Q']} queries (fresh draws from the same mixture), k = {k}, one batched call per "
-        f"engine and repetition, engines interleaved in one process. `ccr_fast mmap` keeps the rows on disk and maps "
-        f"{r['block_rows']:,} rows at a time; IVF: `IndexIVFFlat`, {r['nlist']} lists trained on {r['train_sample']:,} "
-        f"rows. Recall@{k}: share of the exact top {k} (ccr_fast's float64 order) an engine returns. Resident: the RSS "
+        f"2,000 cluster centres, noise {r.get('noise', 0.6)}), {r['Q']} queries (fresh draws from the same "
+        f"mixture), k = {k}, one batched call per engine and repetition, engines interleaved in one process. "
+        f"`ccr_fast mmap` keeps the rows on disk and reads {r['block_rows']:,} rows at a time (resident: its ids); "
+        f"IVF: `IndexIVFFlat`, {r['nlist']} lists trained on {r['train_sample']:,} rows. Recall@{k}: share of the exact top {k} (ccr_fast's float64 order) an engine returns. Resident: the RSS "
         f"the engine holds once built; peak extra: RSS growth during one search call. Machine: {env.get('cpu')}, "
         f"torch threads {env.get('torch_threads')}, faiss {r['faiss']} ({r['faiss_threads']} threads), "
         f"OPENBLAS_CORETYPE={env.get('openblas_coretype')}, shared CPUs: load average (1/5/15 min) before "

@@ -2,9 +2,9 @@
 
 The Retriever ranks exactly as :func:`ccr_fast.evaluate` ranks that checkpoint: both take their embeddings from the
 method's ``ranking_encoders()`` (plain L2-normalised embeddings, or for a query-bank-normalised ranking the
-augmented ``[t, 1, −c_t]`` / ``[v, −c_v, 1]`` rows of :mod:`ccr_fast.eval.querybank`), encoded in the evaluation's batches, and
-an :class:`~ccr_fast.inference.Index` orders their inner products by the float64 order with ties to the lower row —
-the rule of the evaluation's rank counter. So Recall@K read from :meth:`Retriever.search` on a test split is
+augmented ``[t, 1, −c_t]`` / ``[v, −c_v, 1]`` rows of :mod:`ccr_fast.eval.querybank`), encoded in the evaluation's
+batches, and an :class:`~ccr_fast.inference.Index` orders their inner products by the float64 order with ties to the
+lower row — the rule of the evaluation's rank counter. So Recall@K read from :meth:`Retriever.search` on a test split is
 ``evaluate``'s t2v R@K.
 
 NRCCR's translate-test fusion applies when the English machine translations of the queries are given
