@@ -351,7 +351,7 @@ HEAD_BEGIN, HEAD_END = "<!-- headline:begin -->", "<!-- headline:end -->"
 def render_fold_table(saved: dict) -> str:
     """The markdown table of the fold comparison (no markers): one line per row."""
     summ = fold_summary(saved)
-    nf = max((len(s["folds"]) for s in summ.values()), default=0)
+    nf = int(saved.get("protocol", {}).get("folds") or 1 + max((max(s["folds"]) for s in summ.values()), default=-1))
     head = ("| row | val mean SumR | " + " | ".join(f"test f{f}" for f in range(nf))
             + f" | **test mean SumR ± std** | test − `{REFERENCE}`, mean [95 % CI] | wall s/fold |")
     lines = [head, "|" + " --- |" * (nf + 5)]
@@ -376,7 +376,10 @@ def render_headline(saved: dict) -> str:
     sel = saved.get("selection", {})
     winner = sel.get("winner")
     if "default" not in summ or REFERENCE not in summ:
-        return "(the fold comparison has no `default` or `linear_qb` row yet)"
+        done = "; ".join(f"`{k}` {len(v['folds'])} fold(s), test mean SumR {v['test_mean_std'][0]:.1f}"
+                         for k, v in summ.items())
+        return ("**Unfinished: the fold comparison has no record of the default or of `linear` + query bank yet, so "
+                "there is no headline number.** Records so far: " + (done or "none") + ".")
     d, r = summ["default"], summ[REFERENCE]
     n = len(d["folds"])
     total = int(saved.get("protocol", {}).get("folds", 5))
