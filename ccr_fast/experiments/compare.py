@@ -378,8 +378,10 @@ def render_headline(saved: dict) -> str:
     if "default" not in summ or REFERENCE not in summ:
         done = "; ".join(f"`{k}` {len(v['folds'])} fold(s), test mean SumR {v['test_mean_std'][0]:.1f}"
                          for k, v in summ.items())
-        return ("**Unfinished: the fold comparison has no record of the default or of `linear` + query bank yet, so "
-                "there is no headline number.** Records so far: " + (done or "none") + ".")
+        missing = " and ".join(n for k, n in (("default", "the default"), (REFERENCE, "`linear` + query bank"))
+                               if k not in summ)
+        return (f"**Unfinished: the fold comparison has no record of {missing} yet, so there is no headline "
+                "number.** Records so far: " + (done or "none") + ".")
     d, r = summ["default"], summ[REFERENCE]
     n = len(d["folds"])
     total = int(saved.get("protocol", {}).get("folds", 5))
