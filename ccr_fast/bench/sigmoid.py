@@ -11,8 +11,9 @@ and the bias, fp32 inputs):
 * ``ccr_fast[cpu]``, ``ccr_fast[blas]``, ``ccr_fast[auto]`` — :func:`ccr_fast.losses.sigmoid_loss`;
 * ``gemm_floor`` — the three GEMMs of forward + backward through the blas backend's GEMM.
 
-``python -m ccr_fast.bench.sigmoid [--sizes 4096,8192] [--d 256] [--out FILE]`` writes one JSON (records as
-``benchmarks/side_by_side.py``); :func:`sigmoid_point` is the piece the side-by-side script calls.
+``python -m ccr_fast.bench.sigmoid [--sizes 4096,8192] [--d 256] [--out FILE]`` writes one JSON in the format of
+``benchmarks/side_by_side.py`` (rendered by ``ccr_fast.bench.report``); :func:`sigmoid_point` is the piece the
+side-by-side script calls.
 """
 from __future__ import annotations
 
@@ -128,7 +129,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dev = torch.device("cpu")
-    payload = {"suite": "sigmoid", "env": harness.environment(dev), "uptime_before": _uptime(), "records": []}
+    env = harness.environment(dev)
+    # the side-by-side payload format, so ccr_fast.bench.report renders it like benchmarks/side_by_side.py's JSON
+    payload = {"suite": "side_by_side", "env": env, "threads": args.threads, "uptime_before": _uptime(),
+               "command": "python -m ccr_fast.bench.sigmoid " + " ".join(argv if argv is not None else []),
+               "blas": env.get("blas"), "records": []}
     print(payload["uptime_before"], flush=True)
 
     def run_point(name, providers, extra):
