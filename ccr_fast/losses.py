@@ -273,9 +273,11 @@ class ClipLoss(nn.Module):
         ``logit_bias`` (open_clip's argument; None, a float or a 0-dim tensor) shifts every logit equally, which
         leaves the softmax cross-entropy unchanged: it enters the graph with gradient 0, as in open_clip.
         """
-        if isinstance(logit_bias, bool) or isinstance(output_dict, Tensor):
-            raise TypeError("logit_bias must be None, a float or a 0-dim tensor (the 4th positional argument, as in "
-                            "open_clip); pass output_dict=True by keyword")
+        if isinstance(logit_bias, bool):  # the earlier positional form forward(i, t, scale, output_dict) still works
+            logit_bias, output_dict = None, logit_bias
+        if isinstance(output_dict, Tensor) or not isinstance(output_dict, bool):
+            raise TypeError(f"output_dict must be a bool, got {type(output_dict).__name__} (logit_bias, open_clip's "
+                            "4th positional argument, comes before it)")
         bias = None
         if logit_bias is not None:
             check_tensor("image_features", image_features, ndim=2, nonempty=False)

@@ -139,7 +139,10 @@ def test_constructor_arguments_are_validated():
     with pytest.raises(TypeError, match="max_violation"):
         losses.TripletLoss(max_violation="yes")
     a, b = _feats(4, 6, 3), _feats(4, 6, 4)
-    with pytest.raises(TypeError, match="output_dict=True by keyword"):
-        losses.ClipLoss()(a, b, 3.0, True)
+    # the earlier positional form forward(i, t, scale, output_dict) keeps working
+    assert set(losses.ClipLoss()(a, b, 3.0, True)) == {"contrastive_loss"}
+    torch.testing.assert_close(losses.ClipLoss()(a, b, 3.0, False), losses.ClipLoss()(a, b, 3.0))
+    with pytest.raises(TypeError, match="output_dict must be a bool"):
+        losses.ClipLoss()(a, b, 3.0, None, torch.ones(()))
     with pytest.raises(ValueError, match="logit_bias"):
         losses.ClipLoss()(a, b, 3.0, torch.ones(2))
