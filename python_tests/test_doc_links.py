@@ -28,7 +28,7 @@ HAS_SOURCE = (REPO / "pyproject.toml").is_file() and (REPO / "docs").is_dir() an
 # Project documents outside the package that package files may cite (they are not in the wheel).
 PROJECT_DOCS = {"README.md", "data/README.md", "benchmarks/RESULTS.md", "docs/methods.md", "docs/training.md",
                 "docs/results.md", "docs/interop.md", "docs/gpu.md", "docs/cuda.md", "docs/triton.md",
-                "docs/exactness.md", "docs/performance.md"}
+                "docs/exactness.md", "docs/precision.md"}
 # Files the tools write into an output folder (``ccr-fast bench`` -> <out>/RESULTS.md, ``gpu-check`` ->
 # <out>/benchmarks.md): named, not cited.
 OUTPUT_NAMES = {"RESULTS.md", "benchmarks.md"}
