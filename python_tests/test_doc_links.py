@@ -102,6 +102,8 @@ def test_source_tree_cites_only_documents_that_exist():
     bad = []
     for part in SOURCE_PARTS:
         for p in _text_files(REPO / part):
+            if p.resolve() == Path(__file__).resolve():
+                continue  # this file's examples
             for line, tok in citations(p):
                 if (p.parent / tok).is_file() or (REPO / tok).is_file():
                     continue
