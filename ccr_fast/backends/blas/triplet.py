@@ -3,8 +3,8 @@
 Forward: GEMM tiles of ``S = b aᵀ`` + fused hardest negative per row and per column (or hinge sums), csrc/cpu/
 blas_retrieval.cpp. Backward: the ``"cpu"`` kernel (max-violation needs O(B·d) work from the saved indices, no
 GEMM; the sum mode recomputes its active hinges there). bf16 inputs (with the bf16 GEMM of :mod:`._lowp`): the
-forward's GEMM runs in bf16 with fp32 accumulation (csrc/cpu/blas.cpp), selection and hinges fp32 (docs/
-precision.md). CPU tensors only; the CUDA host functions are
+forward's GEMM runs in bf16 with fp32 accumulation (csrc/cpu/blas.cpp), selection and hinges fp32
+(docs/precision.md). CPU tensors only; the CUDA host functions are
 ``ccr_fast.backends.blas.gpu`` (a separate entry of the dispatch table).
 """
 from __future__ import annotations
