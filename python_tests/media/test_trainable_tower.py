@@ -35,8 +35,8 @@ def test_last_block_trains_alone_loss_falls_checkpoint_evaluates_same(towers, im
     assert len(steps) == 3 and steps[-1]["total"] < steps[0]["total"]  # one step per epoch (16 images)
     assert _metrics(ccr_fast.evaluate(res.best_checkpoint)) == _metrics(res.metrics)
 
-    method = ccr_fast.load(res.best_checkpoint)
-    method = getattr(method, "method", method)
+    retriever = ccr_fast.load(res.best_checkpoint)
+    method = retriever.method
     before = dict(load_vision_tower(folder).model.named_parameters())
     after = dict(method.tower_top.tower.model.named_parameters())
     top = method.tower_top.tower.blocks()[-1] + "."
@@ -47,6 +47,7 @@ def test_last_block_trains_alone_loss_falls_checkpoint_evaluates_same(towers, im
     # images encode through the trained tower: differs from the untrained one, equals bottom -> trained top
     imgs = sorted(str(p) for p in (image_set / "images").iterdir())[:4]
     emb = method.encode_media(imgs)
+    torch.testing.assert_close(retriever.encode_images(imgs).cpu(), emb.cpu(), rtol=0, atol=0)
     feats = torch.as_tensor(method.media_features(imgs))
     assert feats.shape[1] == 17 * 32  # the frozen bottom's states (17 tokens x 32)
     with torch.no_grad():
