@@ -47,7 +47,8 @@ class ModelConfig:
     ``tiny_text_encoder``: build a random-init BERT of this hidden size (tests; no weights read) instead of loading.
     ``visual_dim``: the visual feature width; None (the default) reads it from the data, a set value must match.
     ``visual_trainable_layers`` / ``visual_tokens``: for a top-level ``visual_encoder`` (a Hugging Face vision tower
-    over raw images): the tower blocks that train (``[]``: frozen, its outputs computed once per image) and its
+    over raw images): the tower blocks that train (``[]``: frozen, its outputs computed once per image; top block
+    indices, e.g. ``[-1]``, for CLIP / SigLIP / ViT; ``None``: the whole tower, any kind) and its
     output (``"pooled"`` or ``"patches"``, the token grid that fusion encoders and frame attention take).
     """
 
@@ -67,7 +68,7 @@ class ModelConfig:
     text_prefix: str = ""  # prepended to every caption (e5 wants "query: ")
     tiny_text_encoder: int = 0  # > 0: a random-init BERT of this width instead of text_encoder (tests)
     tiny_text_layers: int = 2  # layers of that tiny BERT
-    visual_trainable_layers: Optional[List[Any]] = field(default_factory=list)  # tower blocks that train ([]: frozen)
+    visual_trainable_layers: Optional[List[Any]] = field(default_factory=list)  # tower blocks that train ([]: frozen, [-1]: top, null: all)
     visual_tokens: str = "pooled"  # tower output: "pooled" [N, D] | "patches" [N, T, D]
 
 
