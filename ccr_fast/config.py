@@ -68,7 +68,7 @@ class ModelConfig:
     text_prefix: str = ""  # prepended to every caption (e5 wants "query: ")
     tiny_text_encoder: int = 0  # > 0: a random-init BERT of this width instead of text_encoder (tests)
     tiny_text_layers: int = 2  # layers of that tiny BERT
-    visual_trainable_layers: Optional[List[Any]] = field(default_factory=list)  # tower blocks that train ([]: frozen, [-1]: top, null: all)
+    visual_trainable_layers: Optional[List[Any]] = field(default_factory=list)  # tower blocks that train ([]: frozen)
     visual_tokens: str = "pooled"  # tower output: "pooled" [N, D] | "patches" [N, T, D]
 
 
