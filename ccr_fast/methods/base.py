@@ -123,11 +123,16 @@ class Method(nn.Module):
 
     def param_groups(self, lr: float, head_lr_mult: float = 1.0) -> List[dict]:
         """The main optimiser's groups: the text encoder's trainable layers at ``lr``, the rest (heads, visual
-        side, fusion) at ``lr * head_lr_mult``. Empty groups are left out."""
+        side, fusion) at ``lr * head_lr_mult``; a trainable vision tower's top (``tower_top``) at ``lr``, like the
+        text encoder. Empty groups are left out."""
         enc = {id(p) for mod in self.modules() if isinstance(mod, TextBackbone) for p in mod.parameters()}
+        top = getattr(self, "tower_top", None)
+        vis = {id(p) for p in top.parameters()} if top is not None else set()
         main = self.main_parameters()
         groups = [{"params": [p for p in main if id(p) in enc], "lr": lr, "name": "text_encoder"},
-                  {"params": [p for p in main if id(p) not in enc], "lr": lr * head_lr_mult, "name": "heads"}]
+                  {"params": [p for p in main if id(p) in vis], "lr": lr, "name": "visual_tower"},
+                  {"params": [p for p in main if id(p) not in enc and id(p) not in vis], "lr": lr * head_lr_mult,
+                   "name": "heads"}]
         return [g for g in groups if g["params"]]
 
     def inert_terms(self) -> Dict[str, str]:

@@ -69,3 +69,18 @@ def test_bad_layers_name_the_key(towers, image_set, tmp_path, layers):
     with pytest.raises(ValueError, match="model.visual_trainable_layers"):
         ccr_fast.train({**TRAIN, "data": csv_data(image_set), "visual_encoder": str(towers("clip")),
                         "model.visual_trainable_layers": layers, "output_dir": str(tmp_path)})
+
+
+def test_tower_top_is_its_own_optimiser_group_at_the_encoder_lr(towers):
+    from ccr_fast.config import load_config
+    from ccr_fast.data.media_data import tower_out_dim
+    from ccr_fast.methods import build_method
+
+    cfg = load_config({"method": "baseline", "visual_encoder": str(towers("clip")), "model.trainable_layers": [],
+                       "model.visual_trainable_layers": [-1], "optim.head_lr_mult": 2.0})
+    cfg.model.visual_dim = tower_out_dim(cfg)
+    method = build_method(cfg)
+    groups = {g["name"]: g for g in method.param_groups(1e-4, 2.0)}
+    top = [p for p in method.tower_top.parameters() if p.requires_grad]
+    assert groups["visual_tower"]["lr"] == 1e-4 and groups["heads"]["lr"] == 2e-4
+    assert {id(p) for p in groups["visual_tower"]["params"]} == {id(p) for p in top} and top
