@@ -399,7 +399,10 @@ def render_headline(saved: dict) -> str:
                    "the difference is within the fold-to-fold noise")
         text += f"; paired fold-wise difference {dm:+.1f}, 95 % CI [{dm - hw:+.1f}, {dm + hw:+.1f}]: {verdict}."
     else:
-        text += "."
+        common = [f for f in d["folds"] if f in r["folds"]]
+        pairs = ", ".join(f"fold {f}: {d['test'][d['folds'].index(f)]:.1f} vs {r['test'][r['folds'].index(f)]:.1f}"
+                          for f in common)
+        text += f". Paired on the folds both have ({pairs or 'none'}); too few folds for an interval."
     if winner:
         text += (f" The default recipe is the one the frozen selection rule (`ccr_fast/experiments/select.py`) "
                  f"picks on validation alone: `{winner}` (mean val SumR {sel['val_means'][winner]:.1f}).")
@@ -430,7 +433,9 @@ def render_folds(saved: dict) -> str:
     out.append("")
     out.append(f"Written by `{saved.get('command', 'ccr-fast compare --folds 5')}` on {saved.get('date', '?')}; "
                f"load average at the start: {_load(saved.get('load'))}; wall seconds on a shared 2-core machine. "
-               "The first run of a process also pays the one-off frozen-encoder pass over all captions.")
+               "The first run of a process also pays the one-off frozen-encoder pass over all captions."
+               + (f" Merged with the records of {', '.join(saved['merged'])} (`--merge`; the same command with "
+                  "`--only-folds`)." if saved.get("merged") else ""))
     out += ["", FOLD_END]
     return "\n".join(out)
 
@@ -499,8 +504,8 @@ def run_folds(args, rows: List[str]) -> dict:
     work = works[0]  # new runs go here; every folder is searched for the checkpoints of earlier runs
     states = Path(work) / "text_states.pt"  # the frozen encoder's token states, reused by a resumed run
     saved_states = load_text_states(states)
-    alias = {key: same_recipe(key) for key in rows if key not in DERIVED}
-    alias = {k: v for k, v in alias.items() if v in rows and not alias.get(v)}  # trained once, copied
+    twin = same_recipe("default") if "default" in rows else ""
+    alias = {"default": twin} if twin in rows else {}  # the default is trained once, as the candidate it equals
     folds = range(args.folds) if not args.only_folds else [int(f) for f in args.only_folds.split(",") if f]
     for fold in folds:
         for key in sorted(rows, key=lambda k: k in alias):  # aliases after the rows they copy
@@ -543,6 +548,18 @@ def run_folds(args, rows: List[str]) -> dict:
     return saved
 
 
+def fill_aliases(saved: dict) -> dict:
+    """Records of rows whose resolved config equals another row's (the default), copied from that row's records."""
+    have = {(r["row"], r["fold"]) for r in saved["records"]}
+    for key in ("default",):
+        twin = same_recipe(key)
+        if not twin:
+            continue
+        for r in [r for r in saved["records"] if r["row"] == twin and (key, r["fold"]) not in have]:
+            saved["records"].append(dict(r, row=key, overrides=fold_rows()[key][1], same_as=twin))
+    return saved
+
+
 def merge_records(saved: dict, files: List[str]) -> dict:
     """Add the records of other fold JSON files to ``saved`` (same row and fold: the other file's record wins)."""
     for f in files:
@@ -577,7 +594,10 @@ def main_folds(args) -> int:
     if args.from_json or args.merge:
         saved = json.loads(Path(args.out).read_text())
         if args.merge:
-            merge_records(saved, [f for f in args.merge.split(",") if f])
+            files = [f for f in args.merge.split(",") if f]
+            merge_records(saved, files)
+            fill_aliases(saved)
+            saved["merged"] = sorted(set(saved.get("merged", [])) | {Path(f).name for f in files})
         apply_selection(saved, args.folds)
         Path(args.out).write_text(json.dumps(saved, indent=1))
     else:

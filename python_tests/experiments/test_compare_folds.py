@@ -141,7 +141,8 @@ def test_run_folds_resumes_aliases_and_selects_on_validation(tmp_path, monkeypat
     monkeypatch.setattr(compare, "CANDIDATES", {"ccrk_a": ("a", {"method": "ccrk"})})
     monkeypatch.setattr(compare, "run_fold_row", fake_row)
     monkeypatch.setattr(compare, "run_derived", fake_derived)
-    monkeypatch.setattr(compare, "same_recipe", lambda row: "ccrk_a" if row == "default" else "")
+    twins = {"default": "ccrk_a", "ccrk_a": "default"}  # equal configs: each finds the other
+    monkeypatch.setattr(compare, "same_recipe", lambda row: twins.get(row, ""))
     monkeypatch.setattr(compare, "save_text_states", lambda path: 0)
     seen = []
     compare_select = __import__("ccr_fast.experiments.select", fromlist=["x"])
