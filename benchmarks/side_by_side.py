@@ -2,6 +2,10 @@
 
     python benchmarks/side_by_side.py [--threads 2] [--reps 5] [--out benchmarks/results/side_by_side-cpu.json]
                                       [--only clip,one_to_k,sigmoid,topk]
+    python benchmarks/side_by_side.py --merge RUN1.json RUN2.json --out benchmarks/results/side_by_side-cpu.json
+
+``--merge`` combines runs made at different times (``ccr_fast.bench.report.merge_side_by_side``): every row keeps
+its run's index, command, environment and machine load; an interrupted run's ``.json.partial`` is accepted.
 
 Workloads and providers:
 
@@ -50,7 +54,22 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="4096,8192", help="CLIP N values (1-to-K uses B = the first / 2)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                   "side_by_side-cpu.json"))
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="measure nothing: merge these side-by-side JSON files (a later file's workloads replace an "
+                         "earlier file's; each row keeps its run's environment and load) into --out (+ .md)")
     args = ap.parse_args(argv)
+    if args.merge:
+        from ccr_fast.bench.report import merge_side_by_side, side_by_side_table
+
+        merged = merge_side_by_side(args.merge)
+        merged["command"] = "python benchmarks/side_by_side.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(merged, f, indent=1)
+        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+            f.write(side_by_side_table(merged))
+        print(f"merged {len(merged['records'])} rows from {len(args.merge)} runs into {args.out}")
+        return 0
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
@@ -76,15 +95,16 @@ def main(argv=None) -> int:
     def run_point(name, providers, extra):
         res = harness.measure(providers, dev, warmup=1, reps=args.reps, min_reps=3, max_seconds=args.max_seconds,
                               mem_reps=1)
+        up = _uptime()  # the load right after this workload (each row keeps it; merged files come from several runs)
         for prov, r in res.items():
-            rec = {"workload": name, "provider": prov, **extra, **r}
+            rec = {"workload": name, "provider": prov, **extra, **r, "uptime_after_point": up}
             payload["records"].append(rec)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out + ".partial", "w") as f:  # survives an interrupted run
             json.dump(payload, f, indent=1)
         line = " ".join(f"{p}={r['time_ms']['median']:.0f}ms" if r["time_ms"] else f"{p}={r['status']}"
                         for p, r in res.items())
-        print(f"{name}: {line}   [{_uptime()}]", flush=True)
+        print(f"{name}: {line}   [{up}]", flush=True)
 
     def with_budget(mb, fn):
         def run():

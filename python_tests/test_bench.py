@@ -154,3 +154,37 @@ def test_report_tables_from_a_synthetic_payload():
 def test_bad_arguments_exit_nonzero():
     with pytest.raises(SystemExit):
         bench.main(["--suite", "nope"])
+
+
+def test_merge_side_by_side_keeps_each_runs_load(tmp_path):
+    t = {"median": 4.0, "q20": 3.0, "q80": 5.0, "n": 3}
+
+    def run(path, workloads, up_before, up_after=None, commit="aaa"):
+        recs = [{"workload": w, "provider": p, "status": "ok", "time_ms": {**t, "median": ms}, "mem_bytes": None,
+                 "uptime_after_point": f"{w} load"} for w in workloads for p, ms in (("ccr_fast[auto]", 2.0),
+                                                                                    ("torch_compile", 6.0),
+                                                                                    ("gemm_floor", 1.0))]
+        p = {"suite": "side_by_side", "env": {"git_commit": commit}, "threads": 2, "blas": "b",
+             "uptime_before": up_before, "command": f"cmd {commit}", "records": recs}
+        if up_after:
+            p["uptime_after"] = up_after
+        with open(path, "w") as f:
+            json.dump(p, f)
+        return str(path)
+
+    a = run(tmp_path / "a.json", ["CLIP", "top-10"], "load 11", "load 14", "aaa")
+    b = run(tmp_path / "b.json.partial", ["top-10", "sigmoid"], "load 20", None, "bbb")  # interrupted run
+    m = report.merge_side_by_side([a, b])
+    assert [(r["workload"], r["run"]) for r in m["records"] if r["provider"] == "gemm_floor"] == [
+        ("CLIP", 0), ("top-10", 1), ("sigmoid", 1)]  # the later run's row replaces the earlier one
+    assert m["runs"][0]["uptime_after"] == "load 14" and m["runs"][0]["complete"]
+    assert m["runs"][1]["uptime_after"] == "sigmoid load" and not m["runs"][1]["complete"]
+    md = report.side_by_side_table(m)
+    assert "load before `load 11`, after `load 14`; rows: CLIP." in md
+    assert "load before `load 20`, after `sigmoid load`; rows: top-10, sigmoid." in md
+    assert "interrupted" in md and "| 3.00× torch_compile |" in md
+    (tmp_path / "c.json").write_text(json.dumps({"suite": "losses", "records": []}))
+    with pytest.raises(ValueError, match="suite"):
+        report.merge_side_by_side([a, str(tmp_path / "c.json")])
+    with pytest.raises(ValueError, match="no such file"):
+        report.merge_side_by_side([str(tmp_path / "missing.json")])

@@ -260,6 +260,55 @@ def side_by_side_plot(payload: dict, png_path: str) -> Optional[str]:
     return png_path
 
 
+def merge_side_by_side(paths: List[str]) -> dict:
+    """One side-by-side payload from several runs' JSON files (``.json.partial`` of an interrupted run accepted).
+
+    A later file's workloads replace an earlier file's rows of the same workload. Every record gets ``run`` (index
+    into ``runs``); ``runs[i]`` keeps run i's command, environment, BLAS, threads and ``uptime`` before / after (an
+    interrupted run: after its last measured workload, ``complete: False``), so each row keeps its own machine load.
+    """
+    if not paths:
+        raise ValueError("merge_side_by_side: paths is empty")
+    runs, records = [], []
+    for i, path in enumerate(paths):
+        if not os.path.isfile(path):
+            raise ValueError(f"merge_side_by_side: no such file: {path}")
+        p = load(path)
+        if p.get("suite") != "side_by_side":
+            raise ValueError(f"merge_side_by_side: {path} is not a side-by-side file (suite {p.get('suite')!r})")
+        recs = p.get("records", [])
+        after = p.get("uptime_after") or (recs[-1].get("uptime_after_point") if recs else None) or "not recorded"
+        workloads = list(dict.fromkeys(r["workload"] for r in recs))
+        runs.append({"file": os.path.basename(path), "command": p.get("command", ""), "env": p.get("env", {}),
+                     "blas": p.get("blas", ""), "threads": p.get("threads"), "uptime_before": p.get("uptime_before"),
+                     "uptime_after": after, "complete": "uptime_after" in p, "workloads": workloads})
+        records = [r for r in records if r["workload"] not in workloads] + [{**r, "run": i} for r in recs]
+    threads = {r["threads"] for r in runs}
+    if len(threads) != 1:
+        raise ValueError(f"merge_side_by_side: the runs used different thread counts {sorted(threads)}")
+    kept = sorted({r["run"] for r in records})
+    return {"suite": "side_by_side", "env": runs[kept[-1]]["env"], "threads": threads.pop(),
+            "blas": runs[kept[-1]]["blas"], "runs": runs, "records": records,
+            "note": f"rows come from {len(kept)} runs made at different times, each with its own machine load: "
+                    "record['run'] indexes 'runs' (command, environment, uptime before / after)"}
+
+
+def _runs_lines(payload: dict) -> List[str]:
+    """Per-run provenance lines of a merged side-by-side payload (see ``merge_side_by_side``)."""
+    lines = [payload["note"] + ".", ""]
+    used = {r.get("run") for r in payload["records"]}
+    for i, run in enumerate(payload["runs"]):
+        if i not in used:
+            continue
+        env = run["env"]
+        rows = [w for w in run["workloads"] if any(r.get("run") == i and r["workload"] == w
+                                                   for r in payload["records"])]
+        lines += [f"- run {i + 1} (`{run['command']}`, commit {env.get('git_commit')}, {env.get('timestamp')}"
+                  f"{'' if run['complete'] else ', interrupted: rows up to its last finished workload'}): "
+                  f"load before `{run['uptime_before']}`, after `{run['uptime_after']}`; rows: {', '.join(rows)}.", ""]
+    return lines
+
+
 def side_by_side_table(payload: dict) -> str:
     """Markdown: one row per workload, ms (median) per provider and the ratios the issue's targets use."""
     rows, order = {}, []
@@ -278,8 +327,13 @@ def side_by_side_table(payload: dict) -> str:
         return r["time_ms"]["median"] if r and r.get("time_ms") else None
 
     env = payload.get("env", {})
-    lines = [f"Machine load: before `{payload['uptime_before']}`, after `{payload['uptime_after']}`; "
-             f"{payload['threads']} threads, d=256, medians of interleaved repeats (one process).", "",
+    if "runs" in payload:  # merged from several runs: each run's load and commit
+        head = _runs_lines(payload) + [f"{payload['threads']} threads, d=256, medians of interleaved repeats (the "
+                                       "providers of one row measured in one process).", ""]
+    else:
+        head = [f"Machine load: before `{payload['uptime_before']}`, after `{payload['uptime_after']}`; "
+                f"{payload['threads']} threads, d=256, medians of interleaved repeats (one process).", ""]
+    lines = head + [
              f"Environment: torch {env.get('torch')}, OPENBLAS_CORETYPE={env.get('openblas_coretype')}, "
              f"CPU {env.get('cpu')}, commit {env.get('git_commit')}.", "",
              f"blas: {payload['blas']}", "",
