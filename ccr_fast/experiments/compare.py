@@ -403,6 +403,10 @@ def render_headline(saved: dict) -> str:
         pairs = ", ".join(f"fold {f}: {d['test'][d['folds'].index(f)]:.1f} vs {r['test'][r['folds'].index(f)]:.1f}"
                           for f in common)
         text += f". Paired on the folds both have ({pairs or 'none'}); too few folds for an interval."
+    short = [k for k in CANDIDATES if len(summ.get(k, {}).get("folds", [])) < total]
+    if short:
+        text = (f"**Unfinished: candidate(s) {', '.join(f'`{k}`' for k in short)} do not have all {total} folds "
+                "yet; no default has been re-selected.** ") + text
     if winner:
         text += (f" The default recipe is the one the frozen selection rule (`ccr_fast/experiments/select.py`) "
                  f"picks on validation alone: `{winner}` (mean val SumR {sel['val_means'][winner]:.1f}).")
@@ -453,8 +457,9 @@ def write_fold_docs(saved: dict, doc: Path, readme: Path = None) -> None:
 def validation_view(saved: dict) -> dict:
     """The records reduced to what selection may read: row, fold and validation mean SumR (no test numbers); a row
     that copies another (``same_as``, e.g. the default) is left out, so the winner is named by its recipe."""
+    twin = same_recipe("default")  # the default is one of the candidates: named by that candidate
     return {"records": [{"row": r["row"], "fold": r["fold"], "val": {"mean_sumr": r["val"]["mean_sumr"]}}
-                        for r in saved["records"] if not r.get("same_as")]}
+                        for r in saved["records"] if not r.get("same_as") and not (twin and r["row"] == "default")]}
 
 
 def load_text_states(path: Path) -> int:
@@ -575,8 +580,19 @@ def apply_selection(saved: dict, n_folds: int) -> dict:
     """``saved["selection"]``: the frozen rule (:mod:`.select`) over :func:`validation_view` of the records."""
     from . import select
 
+    view = validation_view(saved)
+    folds: Dict[str, set] = {}
+    for r in view["records"]:
+        folds.setdefault(r["row"], set()).add(r["fold"])
+    expected = list(CANDIDATES) + list(folds)
+    short = sorted({k for k in expected if k not in select.NOT_RECIPES and k != "default"
+                    and len(folds.get(k, ())) < n_folds})
+    if short:  # an unfinished run: naming a winner among the finished rows only would skip the rest
+        saved["selection"] = {"winner": None, "rule": select.RULE, "val_means": {},
+                              "note": f"unfinished: {', '.join(short)} lack folds, so no recipe is named yet"}
+        return saved["selection"]
     try:
-        saved["selection"] = dict(select.select_default(validation_view(saved), n_folds=n_folds), rule=select.RULE)
+        saved["selection"] = dict(select.select_default(view, n_folds=n_folds), rule=select.RULE)
     except ValueError as e:  # no recipe has every fold yet (an unfinished run): no winner is named
         saved["selection"] = {"winner": None, "rule": select.RULE, "note": str(e), "val_means": {}}
     return saved["selection"]

@@ -70,7 +70,8 @@ def test_selection_rejects_malformed_input(bad):
         select_default(bad, n_folds=1)
 
 
-def test_validation_view_has_no_test_numbers():
+def test_validation_view_has_no_test_numbers(monkeypatch):
+    monkeypatch.setattr(compare, "same_recipe", lambda row: "")  # the default equals no candidate here
     saved = _saved()
     view = compare.validation_view(saved)
     assert "test" not in json.dumps(view)
@@ -89,7 +90,9 @@ def _saved():
     return {"records": recs, "date": "d", "load": [1.0, 1.0, 1.0]}
 
 
-def test_fold_table_mean_std_and_paired_ci_by_hand():
+def test_fold_table_mean_std_and_paired_ci_by_hand(monkeypatch):
+    monkeypatch.setattr(compare, "same_recipe", lambda row: "")  # the default equals no candidate here
+    monkeypatch.setattr(compare, "CANDIDATES", {})
     saved = _saved()
     summ = compare.fold_summary(saved)
     # default: mean 102, sample std sqrt((1+4+9+1+1)/4) = 2; linear_qb: mean 100, std sqrt(10/4)
