@@ -286,10 +286,6 @@ class CCRk(Method):
                                      batch_size=batch_size)
         return super().score(eval_sets, batch_size)
 
-    # --- embeddings -------------------------------------------------------------------------------------------
-    def text_states(self, tok, use_cache: bool = True):
-        if use_cache:
-            return self.text(tok["input_ids"], tok["attention_mask"])
     def load_state_dict(self, state_dict, strict: bool = True, **kw):
         self._ridge_data = None  # loaded (resumed) weights are never overwritten by the ridge initialisation
         return super().load_state_dict(state_dict, strict=strict, **kw)
@@ -328,6 +324,10 @@ class CCRk(Method):
         self.visual.linear.weight.copy_(w.t().float())
         self.visual.linear.bias.copy_(y.mean(0).float())
 
+    # --- embeddings -------------------------------------------------------------------------------------------
+    def text_states(self, tok, use_cache: bool = True):
+        if use_cache:
+            return self.text(tok["input_ids"], tok["attention_mask"])
         return self.text._run(tok["input_ids"], tok["attention_mask"])
 
     def text_embed_from_states(self, states, mask):
@@ -395,13 +395,13 @@ class CCRk(Method):
         c = self.mcfg
         if c.mode == "pretrain" and self.training:
             self.clamp_temperature()
+        if self._ridge_data is not None and self.training:
+            self.init_from_ridge(self._ridge_data)
+            self._ridge_data = None
         tok, k = batch["texts"], int(batch["K"])
         b = batch["visual"].shape[0]
         states = self.text_states(tok)
         txt = self.text_embed_from_states(states, tok["attention_mask"])  # [BK, d]
-        if self._ridge_data is not None and self.training:
-            self.init_from_ridge(self._ridge_data)
-            self._ridge_data = None
         vh = self.visual_hidden(batch["visual"], batch.get("visual_mask"))
         img = F.normalize(self.vision_proj(vh), dim=-1)
         out = {}
