@@ -183,6 +183,12 @@ def test_merge_side_by_side_keeps_each_runs_load(tmp_path):
     assert "load before `load 11`, after `load 14`; rows: CLIP." in md
     assert "load before `load 20`, after `sigmoid load`; rows: top-10, sigmoid." in md
     assert "interrupted" in md and "| 3.00× torch_compile |" in md
+    (tmp_path / "m.json").write_text(json.dumps(m))  # merging a merged file again keeps its runs
+    c = run(tmp_path / "c.json", ["CLIP"], "load 3", "load 4", "ccc")
+    m2 = report.merge_side_by_side([str(tmp_path / "m.json"), c])
+    assert [(r["workload"], r["run"]) for r in m2["records"] if r["provider"] == "gemm_floor"] == [
+        ("top-10", 1), ("sigmoid", 1), ("CLIP", 2)]
+    assert m2["runs"][2]["uptime_before"] == "load 3" and "rows: top-10, sigmoid." in report.side_by_side_table(m2)
     (tmp_path / "c.json").write_text(json.dumps({"suite": "losses", "records": []}))
     with pytest.raises(ValueError, match="suite"):
         report.merge_side_by_side([a, str(tmp_path / "c.json")])

@@ -192,7 +192,8 @@ def write_results_md(results_dir: str, md_path: str) -> str:
             lines += index_section(payload) + [""]
             continue
         if payload.get("suite") == "side_by_side":
-            lines += ["## Side by side (losses and retrieval, one process)", "",
+            scope = "each row's providers in one process" if "runs" in payload else "one process"
+            lines += [f"## Side by side (losses and retrieval, {scope})", "",
                       f"- file: `{os.path.relpath(path, md_dir)}`, command: `{payload.get('command', '')}`", ""]
             lines += side_by_side_table(payload).splitlines() + [""]
             png = side_by_side_plot(payload, os.path.splitext(path)[0] + ".png")
@@ -246,7 +247,7 @@ def side_by_side_plot(payload: dict, png_path: str) -> Optional[str]:
         med = [r["time_ms"]["median"] for r in recs]
         lo = [r["time_ms"]["median"] - r["time_ms"].get("q20", r["time_ms"]["median"]) for r in recs]
         hi = [r["time_ms"].get("q80", r["time_ms"]["median"]) - r["time_ms"]["median"] for r in recs]
-        colors = ["tab:red" if n.startswith("ccr_fast") else "tab:gray" if n == "gemm_floor" else "tab:blue"
+        colors = ["tab:red" if n.startswith("ccr_fast") else "tab:gray" if n.startswith("gemm_floor") else "tab:blue"
                   for n in names]
         ax.barh(range(len(recs)), med, xerr=[lo, hi], color=colors)
         ax.set_yticks(range(len(recs)), names, fontsize=7)
@@ -261,7 +262,8 @@ def side_by_side_plot(payload: dict, png_path: str) -> Optional[str]:
 
 
 def merge_side_by_side(paths: List[str]) -> dict:
-    """One side-by-side payload from several runs' JSON files (``.json.partial`` of an interrupted run accepted).
+    """One side-by-side payload from several runs' JSON files (``.json.partial`` of an interrupted run and an already
+    merged file accepted).
 
     A later file's workloads replace an earlier file's rows of the same workload. Every record gets ``run`` (index
     into ``runs``); ``runs[i]`` keeps run i's command, environment, BLAS, threads and ``uptime`` before / after (an
@@ -270,19 +272,27 @@ def merge_side_by_side(paths: List[str]) -> dict:
     if not paths:
         raise ValueError("merge_side_by_side: paths is empty")
     runs, records = [], []
-    for i, path in enumerate(paths):
+    for path in paths:
         if not os.path.isfile(path):
             raise ValueError(f"merge_side_by_side: no such file: {path}")
         p = load(path)
         if p.get("suite") != "side_by_side":
             raise ValueError(f"merge_side_by_side: {path} is not a side-by-side file (suite {p.get('suite')!r})")
         recs = p.get("records", [])
+        if "runs" in p:  # an already merged file: keep its runs
+            workloads = list(dict.fromkeys(r["workload"] for r in recs))
+            records = [r for r in records if r["workload"] not in workloads] + [
+                {**r, "run": r["run"] + len(runs)} for r in recs]
+            runs += p["runs"]
+            continue
         after = p.get("uptime_after") or (recs[-1].get("uptime_after_point") if recs else None) or "not recorded"
         workloads = list(dict.fromkeys(r["workload"] for r in recs))
         runs.append({"file": os.path.basename(path), "command": p.get("command", ""), "env": p.get("env", {}),
                      "blas": p.get("blas", ""), "threads": p.get("threads"), "uptime_before": p.get("uptime_before"),
                      "uptime_after": after, "complete": "uptime_after" in p, "workloads": workloads})
-        records = [r for r in records if r["workload"] not in workloads] + [{**r, "run": i} for r in recs]
+        records = [r for r in records if r["workload"] not in workloads] + [{**r, "run": len(runs) - 1} for r in recs]
+    if not records:
+        raise ValueError("merge_side_by_side: the files hold no records")
     threads = {r["threads"] for r in runs}
     if len(threads) != 1:
         raise ValueError(f"merge_side_by_side: the runs used different thread counts {sorted(threads)}")
