@@ -489,7 +489,9 @@ def timing_record(run: Run, metrics: dict, started: float, load_start) -> dict:
         return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")
 
     now = time.time()
-    return {"wall_seconds": round(now - started, 2), "train_seconds": metrics.get("train_seconds"),
+    train_s = metrics.get("train_seconds")
+    return {"wall_seconds": round(now - started, 2),
+            "train_seconds": None if train_s is None else min(round(train_s, 2), round(now - started, 2)),
             "started_utc": utc(started), "finished_utc": utc(now), "load_average_start": load_start,
             "load_average_end": _load_average(), "cpu_count": os.cpu_count(),
             "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
