@@ -206,6 +206,11 @@ class CCRkConfig:
     text_center: bool = False  # subtract a running mean of the normalised pooled caption embeddings, renormalise
     querybank: bool = False  # ITC ranking with query-bank normalisation over the training captions/images
     querybank_beta: float = 20.0  # inverse temperature of that normalisation
+    # non-empty: the query-bank β is picked on validation (each epoch, jointly with ridge_mix) from these values
+    querybank_betas: List[float] = field(default_factory=list)
+    # non-empty: rank with v = (1-w)·v_learned + w·v_ridge (a closed-form ridge map), w and λ picked on validation
+    ridge_mix: List[float] = field(default_factory=list)
+    ridge_mix_lambdas: List[float] = field(default_factory=lambda: [3.0, 10.0])  # λ (× mean eigenvalue) tried
     ridge_init: float = 0.0  # > 0: start the visual map from the closed-form ridge solution with this λ (0 = off)
     itc_loss: str = "softmax"  # "softmax" (1-to-K InfoNCE, temperature) | "sigmoid" (SigLIP: learnable scale + bias)
     sigmoid_scale_init: float = 10.0  # itc_loss "sigmoid": initial scale exp(t'), t' learnable (SigLIP: log 10)

@@ -199,6 +199,19 @@ CANDIDATES: Dict[str, tuple] = {
                  "ccrk.querybank": True, "ccrk.querybank_beta": 20.0}),
     "ccrk_ridge": ("CCR^k ITC from the ridge map (visual map initialised by the closed form, λ 3), lr 3e-4, 4 epochs",
                    {"method": "ccrk", "ccrk.ridge_init": 3.0, "lr": 3e-4, "epochs": 4}),
+    # round 3, declared before any of its runs: the round-2 recipe with the choices linear + query bank makes on
+    # validation (β), a score mix with the closed form (w, λ), and the top text layer trained
+    "ccrk_r2_beta": ("CCR^k round-2 recipe, query-bank β on val (5, 10, 20, 30)",
+                     {"method": "ccrk", "lr": 2e-3, "epochs": 6, "model.dropout": 0.1,
+                      "ccrk.querybank_betas": [5.0, 10.0, 20.0, 30.0]}),
+    "ccrk_mix": ("CCR^k round-2 recipe + ridge mix: rank by (1-w)·learned + w·ridge cosine; w (0, .25, .5, .75), "
+                 "λ (3, 10) and β on val",
+                 {"method": "ccrk", "lr": 2e-3, "epochs": 6, "model.dropout": 0.1,
+                  "ccrk.querybank_betas": [5.0, 10.0, 20.0, 30.0], "ccrk.ridge_mix": [0.0, 0.25, 0.5, 0.75],
+                  "ccrk.ridge_mix_lambdas": [3.0, 10.0]}),
+    "ccrk_top1": ("CCR^k round-2 recipe + the top text layer trained (lr 5e-5; heads 2e-3), β on val",
+                  {"method": "ccrk", "lr": 5e-5, "optim.head_lr_mult": 40.0, "epochs": 6, "model.dropout": 0.1,
+                   "model.trainable_layers": [8], "ccrk.querybank_betas": [5.0, 10.0, 20.0, 30.0]}),
 }
 # rows evaluated from another row's trained checkpoint with different ranking overrides (no training of their own)
 DERIVED: Dict[str, tuple] = {
@@ -224,7 +237,7 @@ def _val_record(history: list, metric: str = "mr") -> dict:
     if not scored:
         raise ValueError(f"run history has no {key!r} record: {history!r}")
     best = max(scored, key=lambda h: h[key])  # first best on ties, as the loop's own early stop
-    choice = {k: best[k] for k in ("epoch", "lambda", "querybank_beta") if k in best}
+    choice = {k: best[k] for k in ("epoch", "lambda", "querybank_beta", "ridge_mix", "ridge_lambda") if k in best}
     return {"mean_sumr": 6.0 * float(best[key]), "choice": choice}
 
 

@@ -189,6 +189,11 @@ class Method(nn.Module):
         L2-normalised encoders; query-bank methods return the augmented encoders of :mod:`ccr_fast.eval.querybank`."""
         return self.encode_text, self.encode_visual
 
+    def choose_on_validation(self, val_sets, batch_size: int, metric: str) -> dict:
+        """Ranking choices made on ``val_sets`` at each validation of a training run (e.g. CCR^k's query-bank β),
+        kept in the method's buffers; returns them for the validation record. Default: none."""
+        return {}
+
     def score(self, eval_sets, batch_size: int = 128, **kw) -> dict:
         """Evaluate on ``eval_sets``: a result dict shaped like :func:`ccr_fast.eval.evaluate_encoders`'."""
         from ..eval import evaluate_encoders

@@ -165,7 +165,7 @@ class TextCenter(nn.Module):
 
 class CCRk(Method):
     name = "ccrk"
-    resizable_buffers = ("qb_text", "qb_visual")
+    resizable_buffers = ("qb_text", "qb_visual", "rmix_mu", "rmix_scale", "rmix_W", "rmix_b")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -197,6 +197,22 @@ class CCRk(Method):
         self.register_buffer("qb_text", torch.zeros(0, m.embed_dim))
         self.register_buffer("qb_visual", torch.zeros(0, m.embed_dim))
         self._qb_data = None
+        # validation choices (choose_on_validation): β from querybank_betas, the ridge mix weight and its λ
+        if c.querybank_betas:
+            if not c.querybank or min(c.querybank_betas) <= 0:
+                raise ConfigError(f"ccrk.querybank_betas: needs ccrk.querybank and positive values, got "
+                                  f"querybank={c.querybank}, {list(c.querybank_betas)}")
+            self.register_buffer("qb_beta", torch.tensor(float(c.querybank_betas[0])))
+        if c.ridge_mix:
+            if min(c.ridge_mix) < 0 or max(c.ridge_mix) >= 1:
+                raise ConfigError(f"ccrk.ridge_mix: expected weights in [0, 1), got {list(c.ridge_mix)}")
+            if not c.ridge_mix_lambdas or min(c.ridge_mix_lambdas) <= 0:
+                raise ConfigError(f"ccrk.ridge_mix_lambdas: expected positive values, got {list(c.ridge_mix_lambdas)}")
+            self.register_buffer("rmix_w", torch.zeros(()))
+            for name in ("rmix_mu", "rmix_scale", "rmix_b"):
+                self.register_buffer(name, torch.zeros(0))
+            self.register_buffer("rmix_W", torch.zeros(0, 0))
+        self._train_data = None
         self._ridge_data = None  # ccrk.ridge_init: the training data, until the first training step initialises
         if c.ridge_init and (c.text_proj != "identity" or c.vision_proj != "identity"
                              or m.visual_encoder != "norm_linear"):
@@ -242,6 +258,7 @@ class CCRk(Method):
         """K-language groups: every item with a caption in each of ``languages`` (image-major texts)."""
         self._qb_data = data if self.mcfg.querybank else None
         self._ridge_data = data if self.mcfg.ridge_init else None
+        self._train_data = data if self.mcfg.ridge_mix else None
         return CCRkDataset(data, list(self.cfg.languages), groups=self.mcfg.caption_groups)
 
     @torch.no_grad()
@@ -259,8 +276,112 @@ class CCRk(Method):
         """Encoders of query-bank-normalised embeddings (:mod:`ccr_fast.eval.querybank`)."""
         from ..eval.querybank import querybank_encoders
 
-        return querybank_encoders(self.encode_text, self.encode_visual, self.qb_text, self.qb_visual,
-                                  float(self.mcfg.querybank_beta))
+        beta = float(self.qb_beta) if self.mcfg.querybank_betas else float(self.mcfg.querybank_beta)
+        return querybank_encoders(self.encode_text, self.encode_visual, self.qb_text, self.qb_visual, beta)
+
+    # --- validation choices: query-bank β and the ridge mix ---------------------------------------------------
+    @torch.no_grad()
+    def encode_visual(self, features, batch_size: int = 256) -> torch.Tensor:
+        """Visual embeddings ``[G, d]``; with ``ccrk.ridge_mix`` and a chosen weight ``w > 0``,
+        ``(1 - w)·v_learned + w·v_ridge`` (so that text·visual is the weighted sum of the two cosines)."""
+        v = super().encode_visual(features, batch_size)
+        if not self.mcfg.ridge_mix or float(self.rmix_w) == 0.0:
+            return v
+        w = float(self.rmix_w)
+        return (1.0 - w) * v + w * self._ridge_embed(features).to(v)
+
+    def _ridge_embed(self, features) -> torch.Tensor:
+        """The ridge map's L2-normalised embedding ``[G, d]`` of pooled features ``[G, Dv]``."""
+        import numpy as np
+
+        if self.rmix_W.numel() == 0:
+            raise ValueError("ccrk.ridge_mix: the ridge map is not fitted (train this model, or load a checkpoint "
+                             "saved by its training run)")
+        x = torch.as_tensor(np.asarray(features, dtype=np.float32), device=self.rmix_W.device)
+        if x.dim() != 2 or x.shape[1] != self.rmix_W.shape[0]:
+            raise ValueError(f"ccrk.ridge_mix: expected pooled features [G, {self.rmix_W.shape[0]}], got "
+                             f"{tuple(x.shape)}")
+        return F.normalize(((x - self.rmix_mu) / self.rmix_scale) @ self.rmix_W + self.rmix_b, dim=-1)
+
+    @torch.no_grad()
+    def _fit_ridge_mix(self, data, batch_size: int = 256) -> dict:
+        """Closed-form ridge maps from the standardised training features to the current text embeddings of
+        every training caption (in ``languages``), one per ``ridge_mix_lambdas`` value: ``{λ: (mu, scale, W, b)}``.
+        ``W = (ZᵀZ + λ·s·I)⁻¹ ZᵀY`` over the centred (image, caption) pairs, ``s`` the mean eigenvalue of ZᵀZ."""
+        pairs, texts = [], []
+        for lang in self.cfg.languages:
+            for i, caps in enumerate(data.captions.get(lang, [])):
+                for t in caps:
+                    if t:
+                        pairs.append(i)
+                        texts.append(t)
+        if not texts:
+            raise ValueError(f"ccrk.ridge_mix: the training data has no caption in {list(self.cfg.languages)}")
+        y = self.encode_text(texts, batch_size=batch_size).double()
+        feats = torch.as_tensor(data.features, dtype=torch.float64, device=y.device)
+        if feats.dim() != 2:
+            raise ValueError(f"ccrk.ridge_mix: needs pooled features [N, Dv], got {tuple(feats.shape)}")
+        mu, scale = feats.mean(0), torch.sqrt(feats.var(0, unbiased=False) + 1e-5)
+        z = ((feats - mu) / scale)[torch.as_tensor(pairs, device=y.device)]
+        zbar, ybar = z.mean(0), y.mean(0)
+        z = z - zbar
+        evals, evecs = torch.linalg.eigh(z.t() @ z)
+        evals = evals.clamp_min(0)
+        proj = evecs.t() @ (z.t() @ (y - ybar))
+        out = {}
+        for lam in self.mcfg.ridge_mix_lambdas:
+            w = evecs @ (proj / (evals + float(lam) * float(evals.mean())).unsqueeze(1))  # [Dv, d]
+            out[float(lam)] = (mu.float(), scale.float(), w.float(), (ybar - zbar @ w).float())
+        return out
+
+    def choose_on_validation(self, val_sets, batch_size: int, metric: str) -> dict:
+        """Pick ``querybank_betas``' β and the ridge mix (weight, λ) that score best on ``val_sets``, keep them
+        in the buffers saved with the weights, and return them for the validation record."""
+        c = self.mcfg
+        if not (c.querybank_betas or c.ridge_mix):
+            return {}
+        from ..eval.scoring import evaluate_method
+
+        if c.querybank and self._qb_data is not None:
+            self.refresh_querybank()
+        fits = self._fit_ridge_mix(self._train_data) if c.ridge_mix and self._train_data is not None else {}
+        grid = [(lam, w) for lam in fits for w in c.ridge_mix if w > 0] + [(None, 0.0)] if fits else [(None, None)]
+        betas = list(c.querybank_betas) or [None]
+        qb_data, self._qb_data = self._qb_data, None  # the bank of texts is fixed while the grid is scored
+        scores, best = {}, None
+        try:
+            for lam, w in grid:
+                if w is not None:
+                    if lam is not None:
+                        for name, t in zip(("rmix_mu", "rmix_scale", "rmix_W", "rmix_b"), fits[lam]):
+                            setattr(self, name, t.to(self.rmix_w.device))
+                    self.rmix_w.fill_(w)
+                    if c.querybank and qb_data is not None:
+                        self.qb_visual = self.encode_visual(qb_data.features, batch_size=256)
+                for beta in betas:
+                    if beta is not None:
+                        self.qb_beta.fill_(beta)
+                    score = float(evaluate_method(self, val_sets, batch_size)[metric])
+                    key = (lam, w, beta)
+                    scores[key] = score
+                    if best is None or score > scores[best]:
+                        best = key
+        finally:
+            self._qb_data = qb_data
+        lam, w, beta = best
+        rec = {}
+        if w is not None:
+            if lam is not None:
+                for name, t in zip(("rmix_mu", "rmix_scale", "rmix_W", "rmix_b"), fits[lam]):
+                    setattr(self, name, t.to(self.rmix_w.device))
+            self.rmix_w.fill_(w)
+            rec.update(ridge_mix=w, ridge_lambda=lam)
+        if beta is not None:
+            self.qb_beta.fill_(beta)
+            rec["querybank_beta"] = beta
+        rec["val_by_choice"] = {", ".join(f"{n} {v:g}" for n, v in zip(("lambda", "w", "beta"), k) if v is not None):
+                                round(v, 4) for k, v in scores.items()}
+        return rec
 
     def eval_languages(self):
         return list(self.cfg.languages)

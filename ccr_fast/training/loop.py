@@ -373,6 +373,7 @@ def validate(run: Run) -> float:
         if m.val_translate_test_weight is not None:  # validation may use its own translate-test weight
             m.translate_test_weight = m.val_translate_test_weight
         try:
+            chosen = m.choose_on_validation(run.val_sets, cfg.eval.batch_size, cfg.eval.metric)
             val = evaluate_method(m, run.val_sets, cfg.eval.batch_size)
         finally:
             m.translate_test_weight = test_weight
@@ -381,7 +382,7 @@ def validate(run: Run) -> float:
                               f"{sorted(k for k, v in val.items() if isinstance(v, float))})")
         score = float(val[cfg.eval.metric])
         rec = {"epoch": run.state["epoch"], "step": run.state["step"], "val_" + cfg.eval.metric: score,
-               **({"val_mrv": val["mrv"]} if "mrv" in val else {})}
+               **({"val_mrv": val["mrv"]} if "mrv" in val else {}), **chosen}
         run.state["history"].append(rec)
         run.log(rec)
         run.say(f"epoch {run.state['epoch']} step {run.state['step']}: val {cfg.eval.metric} {score:.2f}")
