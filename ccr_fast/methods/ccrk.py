@@ -198,10 +198,9 @@ class CCRk(Method):
         self.register_buffer("qb_visual", torch.zeros(0, m.embed_dim))
         self._qb_data = None
         # validation choices (choose_on_validation): β from querybank_betas, the ridge mix weight and its λ
-        if c.querybank_betas:
-            if not c.querybank or min(c.querybank_betas) <= 0:
-                raise ConfigError(f"ccrk.querybank_betas: needs ccrk.querybank and positive values, got "
-                                  f"querybank={c.querybank}, {list(c.querybank_betas)}")
+        if c.querybank_betas:  # (kept, unused, when a checkpoint is ranked with ccrk.querybank off)
+            if min(c.querybank_betas) <= 0:
+                raise ConfigError(f"ccrk.querybank_betas: expected positive values, got {list(c.querybank_betas)}")
             self.register_buffer("qb_beta", torch.tensor(float(c.querybank_betas[0])))
         if c.ridge_mix:
             if min(c.ridge_mix) < 0 or max(c.ridge_mix) >= 1:
@@ -346,7 +345,7 @@ class CCRk(Method):
             self.refresh_querybank()
         fits = self._fit_ridge_mix(self._train_data) if c.ridge_mix and self._train_data is not None else {}
         grid = [(lam, w) for lam in fits for w in c.ridge_mix if w > 0] + [(None, 0.0)] if fits else [(None, None)]
-        betas = list(c.querybank_betas) or [None]
+        betas = list(c.querybank_betas) if c.querybank and c.querybank_betas else [None]
         qb_data, self._qb_data = self._qb_data, None  # the bank of texts is fixed while the grid is scored
         scores, best = {}, None
         try:

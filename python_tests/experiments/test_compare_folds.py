@@ -197,3 +197,36 @@ def test_merge_records_replaces_same_row_and_fold(tmp_path):
     assert len(merged["records"]) == n + 1
     recs = {(r["row"], r["fold"]): r for r in merged["records"]}
     assert recs[("linear_qb", 0)]["wall_seconds"] == 99.0 and ("linear_qb", 7) in recs
+
+
+def test_compare_folds_cli_writes_the_json_and_the_docs(tmp_path, monkeypatch):
+    """``ccr-fast compare --folds 5`` end to end (runs faked): the JSON holds every row × fold, the selection names
+    the validation winner, and docs/results.md and README's headline are regenerated from that JSON."""
+    def fake_row(key, fold, out_dir):
+        val, test = {"linear_qb": (100.0, 200.0 + fold), "ccrk_a": (105.0, 220.0 + 2 * fold)}.get(key, (90.0, 150.0))
+        return ({"row": key, "fold": fold, "overrides": compare.fold_rows()[key][1], "wall_seconds": 1.0,
+                 "cpu_seconds": 1.0, "val": {"mean_sumr": val, "choice": {"epoch": 1}}, "history": [],
+                 "test": {"per_language": {}, "mean": {"sumr": test}}}, f"ckpt-{key}-{fold}")
+
+    monkeypatch.setattr(compare, "CANDIDATES", {"ccrk_a": ("a", {"method": "ccrk"})})
+    monkeypatch.setattr(compare, "run_fold_row", fake_row)
+    monkeypatch.setattr(compare, "same_recipe", lambda row: {"default": "ccrk_a", "ccrk_a": "default"}.get(row, ""))
+    monkeypatch.setattr(compare, "save_text_states", lambda path: 0)
+    out, doc, readme = tmp_path / "folds.json", tmp_path / "results.md", tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{compare.HEAD_BEGIN}\nold headline\n{compare.HEAD_END}\n\nrest\n")
+    argv = ["--folds", "5", "--rows", "linear,linear_qb,default,ccrk_a", "--out", str(out), "--doc", str(doc),
+            "--readme", str(readme), "--work", str(tmp_path)]
+    assert compare.main(argv) == 0
+    saved = json.loads(out.read_text())
+    got = sorted((r["row"], r["fold"]) for r in saved["records"])
+    assert got == sorted((row, f) for row in ("linear", "linear_qb", "default", "ccrk_a") for f in range(5))
+    assert saved["selection"]["winner"] == "ccrk_a" and saved["protocol"]["folds"] == 5
+    text = doc.read_text()
+    assert compare.FOLD_BEGIN in text and "**224.0 ± 3.2**" in text  # ccrk_a: 220, 222, ..., 228
+    head = readme.read_text()
+    assert "old headline" not in head and "rest" in head
+    assert "**224.0 ± 3.2**" in head and "**202.0 ± 1.6**" in head and "`ccrk_a`" in head
+    # regenerated from the JSON alone: the same docs
+    doc.write_text("")
+    assert compare.main(argv + ["--from-json"]) == 0
+    assert compare.render_folds(saved) in doc.read_text()

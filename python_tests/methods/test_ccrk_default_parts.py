@@ -146,3 +146,104 @@ def test_ridge_init_config_errors():
         _ridge_method(0.5, **{"ccrk.text_proj": "linear", "model.embed_dim": 16})
     with pytest.raises(ConfigError, match="ridge_init"):
         _ridge_method(-1.0)
+
+
+# --- validation choices: ccrk.querybank_betas and ccrk.ridge_mix ---------------------------------------------------
+def _mix_method(**kw):
+    return _method(**{"ccrk.querybank": True, "ccrk.querybank_betas": [5.0, 40.0], "ccrk.ridge_mix": [0.0, 0.5],
+                      "ccrk.ridge_mix_lambdas": [0.5, 2.0], **kw})
+
+
+def _trained_a_step(m, train):
+    m.train_dataset(train)
+    m.train()
+    m.loss_dict(m.collate([m.train_dataset(train)[i] for i in range(6)]))  # running statistics move
+    m.eval()
+
+
+def test_ridge_mix_maps_match_float64_closed_form():
+    m = _mix_method()
+    train = _data(10, 0, "train")
+    _trained_a_step(m, train)
+    texts, rows = [], []
+    for lang in ("en", "de"):
+        for i, caps in enumerate(train.captions[lang]):
+            texts += caps
+            rows += [i] * len(caps)
+    y = m.encode_text(texts).double()  # the current text space (running centre included)
+    x = torch.as_tensor(train.features, dtype=torch.float64)
+    z = ((x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5))[rows]
+    zc, yc = z - z.mean(0), y - y.mean(0)
+    gram = zc.t() @ zc
+    s = torch.linalg.eigvalsh(gram).clamp_min(0).mean()
+    fits = m._fit_ridge_mix(train)
+    assert sorted(fits) == [0.5, 2.0]
+    for lam, (mu, scale, w, b) in fits.items():
+        ref_w = torch.linalg.solve(gram + lam * s * torch.eye(16, dtype=torch.float64), zc.t() @ yc)
+        torch.testing.assert_close(w.double(), ref_w, rtol=1e-4, atol=1e-5)
+        pred = (x - mu.double()) / scale.double() @ w.double() + b.double()
+        ref = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5) @ ref_w + (y.mean(0) - z.mean(0) @ ref_w)
+        torch.testing.assert_close(pred, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_choose_on_validation_takes_the_grid_argmax_and_mixes_scores():
+    m = _mix_method()
+    train, val, test = _data(10, 0, "train"), _data(8, 2, "val", two_en=False), _data(12, 1, "test", two_en=False)
+    _trained_a_step(m, train)
+    val_sets = make_eval_sets(val, ["en", "de"])
+    rec = m.choose_on_validation(val_sets, 64, "sumr")
+    grid = rec["val_by_choice"]
+    assert len(grid) == (2 * 1 + 1) * 2  # (λ × the non-zero weight, and w = 0 once) × β
+    assert float(m.qb_beta) == rec["querybank_beta"] and float(m.rmix_w) == rec["ridge_mix"]
+    from ccr_fast.eval.scoring import evaluate_method
+    assert evaluate_method(m, val_sets, 64)["sumr"] == pytest.approx(max(grid.values()), abs=1e-3)
+    # the mixed visual embedding: text·v = (1 - w)·cos(learned) + w·cos(ridge) for a non-zero weight
+    lam = 2.0
+    for name, t in zip(("rmix_mu", "rmix_scale", "rmix_W", "rmix_b"), m._fit_ridge_mix(train)[lam]):
+        setattr(m, name, t)
+    m.rmix_w.fill_(0.5)
+    t = m.encode_text([c[0] for c in test.captions["en"]]).double()
+    learned = torch.nn.functional.normalize(m.embed_visual(torch.as_tensor(test.features)), dim=-1).double()
+    x = torch.as_tensor(test.features, dtype=torch.float64)
+    ridge = torch.nn.functional.normalize((x - m.rmix_mu.double()) / m.rmix_scale.double() @ m.rmix_W.double()
+                                          + m.rmix_b.double(), dim=-1)
+    torch.testing.assert_close(t @ m.encode_visual(test.features).double().t(),
+                               0.5 * t @ learned.t() + 0.5 * t @ ridge.t(), rtol=1e-5, atol=1e-5)
+    # the choices travel with the weights
+    sets = make_eval_sets(test, ["en", "de"])
+    m._qb_data = None  # score the saved banks (no refresh from the training data)
+    first = m.score(sets)["per_language"]
+    fresh = _mix_method()
+    fresh.load_state_dict(m.state_dict())
+    assert float(fresh.rmix_w) == 0.5 and float(fresh.qb_beta) == float(m.qb_beta)
+    assert fresh.score(sets)["per_language"] == first
+
+
+def test_validation_choice_config_errors():
+    with pytest.raises(ConfigError, match="querybank_betas"):
+        _method(**{"ccrk.querybank": True, "ccrk.querybank_betas": [0.0]})
+    with pytest.raises(ConfigError, match="ridge_mix"):
+        _method(**{"ccrk.ridge_mix": [0.0, 1.0]})
+    with pytest.raises(ConfigError, match="ridge_mix_lambdas"):
+        _method(**{"ccrk.ridge_mix": [0.5], "ccrk.ridge_mix_lambdas": []})
+    m = _method(**{"ccrk.ridge_mix": [0.5]})
+    m.rmix_w.fill_(0.5)
+    with pytest.raises(ValueError, match="not fitted"):
+        m.encode_visual(np.zeros((2, 16), np.float32))
+
+
+def test_validation_choices_are_recorded_and_reload(tmp_path):
+    """Through train(): each validation record names β and the mix; the best checkpoint evaluates the same."""
+    import ccr_fast
+
+    over = {**TINY, "method": "ccrk", "data": {"name": "synthetic", "n_items": 60}, "languages": ["en", "de"],
+            "model.visual_dim": None, "ccrk.k_test": 0, "ccrk.querybank": True, "ccrk.text_center": True,
+            "model.visual_encoder": "norm_linear", "ccrk.querybank_betas": [5.0, 20.0],
+            "ccrk.ridge_mix": [0.0, 0.5], "ccrk.text_proj": "linear", "ccrk.vision_proj": "linear",
+            "batch_size": 8, "epochs": 2, "output_dir": str(tmp_path)}
+    res = ccr_fast.train(**over)
+    assert len(res.history) == 2
+    for h in res.history:
+        assert h["querybank_beta"] in (5.0, 20.0) and h["ridge_mix"] in (0.0, 0.5) and len(h["val_by_choice"]) == 6
+    again = ccr_fast.evaluate(res.best_checkpoint)
+    assert again["sumr"] == pytest.approx(res.metrics["sumr"])
