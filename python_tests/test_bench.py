@@ -194,3 +194,20 @@ def test_merge_side_by_side_keeps_each_runs_load(tmp_path):
         report.merge_side_by_side([a, str(tmp_path / "c.json")])
     with pytest.raises(ValueError, match="no such file"):
         report.merge_side_by_side([str(tmp_path / "missing.json")])
+
+
+def test_report_only_with_plots_over_the_shipped_records(tmp_path):
+    """``bench --report-only`` (plots on) regenerates RESULTS.md from a folder holding every kind of record: suites
+    without per-size records (index, media, data scale, side by side) are skipped by the size plots."""
+    import shutil
+
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
+    files = sorted(glob.glob(os.path.join(src, "*.json")))
+    if not files:
+        pytest.fail(f"no benchmark records under {src}")
+    for f in files:
+        shutil.copy(f, tmp_path)
+    assert bench.main(["--report-only", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "RESULTS.md").read_text()
+    titles = [line for line in md.splitlines() if line.startswith("## ")]
+    assert len(titles) == len(set(titles)) == len(files)

@@ -70,7 +70,7 @@ def _slug(text: str) -> str:
 
 def plot(payload: dict, out_dir: str, stem: str) -> List[str]:
     """One PNG per group with at least two x values: time and memory vs x, log-log, one line per provider."""
-    if payload.get("suite") == "side_by_side":  # a table only (one point per workload)
+    if payload.get("suite") == "side_by_side" or "records" not in payload:  # plotted by their own sections
         return []
     import matplotlib
 
@@ -193,7 +193,7 @@ def write_results_md(results_dir: str, md_path: str) -> str:
             continue
         if payload.get("suite") == "side_by_side":
             scope = "each row's providers in one process" if "runs" in payload else "one process"
-            lines += [f"## Side by side (losses and retrieval, {scope})", "",
+            lines += [f"## Side by side: `{os.path.basename(path)}` ({scope})", "",
                       f"- file: `{os.path.relpath(path, md_dir)}`, command: `{payload.get('command', '')}`", ""]
             lines += side_by_side_table(payload).splitlines() + [""]
             png = side_by_side_plot(payload, os.path.splitext(path)[0] + ".png")
