@@ -192,18 +192,20 @@ FOLD_ROWS: Dict[str, tuple] = {
     "linear_qb": ("`linear` + query bank (λ, β on val)", {"method": "linear", "linear.querybank": True}),
     "default": ("built-in default (`ccr-fast train`)", {}),
 }
-# learned candidates of the default search (issue 20), each one recipe; see docs/results.md for the motivation
+# learned candidates of the default search (issue 20), each one recipe; see docs/results.md for the motivation.
+# Each pins the keys a later default changed (querybank_betas, ridge_mix), so a row stays the recipe it ran as.
 CANDIDATES: Dict[str, tuple] = {
     "ccrk_r2": ("CCR^k ITC, round-2 recipe (the default before the fold protocol: lr 2e-3, 6 epochs, dropout 0.1)",
                 {"method": "ccrk", "lr": 2e-3, "epochs": 6, "model.dropout": 0.1, "ccrk.ridge_init": 0.0,
-                 "ccrk.querybank": True, "ccrk.querybank_beta": 20.0}),
+                 "ccrk.querybank": True, "ccrk.querybank_beta": 20.0, "ccrk.querybank_betas": [], "ccrk.ridge_mix": []}),
     "ccrk_ridge": ("CCR^k ITC from the ridge map (visual map initialised by the closed form, λ 3), lr 3e-4, 4 epochs",
-                   {"method": "ccrk", "ccrk.ridge_init": 3.0, "lr": 3e-4, "epochs": 4}),
+                   {"method": "ccrk", "ccrk.ridge_init": 3.0, "lr": 3e-4, "epochs": 4, "ccrk.querybank_betas": [],
+                    "ccrk.ridge_mix": []}),
     # round 3, declared before any of its runs: the round-2 recipe with the choices linear + query bank makes on
     # validation (β), a score mix with the closed form (w, λ), and the top text layer trained
     "ccrk_r2_beta": ("CCR^k round-2 recipe, query-bank β on val (5, 10, 20, 30)",
                      {"method": "ccrk", "lr": 2e-3, "epochs": 6, "model.dropout": 0.1,
-                      "ccrk.querybank_betas": [5.0, 10.0, 20.0, 30.0]}),
+                      "ccrk.querybank_betas": [5.0, 10.0, 20.0, 30.0], "ccrk.ridge_mix": []}),
     "ccrk_mix": ("CCR^k round-2 recipe + ridge mix: rank by (1-w)·learned + w·ridge cosine; w (0, .25, .5, .75), "
                  "λ (3, 10) and β on val",
                  {"method": "ccrk", "lr": 2e-3, "epochs": 6, "model.dropout": 0.1,
@@ -211,7 +213,8 @@ CANDIDATES: Dict[str, tuple] = {
                   "ccrk.ridge_mix_lambdas": [3.0, 10.0]}),
     "ccrk_top1": ("CCR^k round-2 recipe + the top text layer trained (lr 5e-5; heads 2e-3), β on val",
                   {"method": "ccrk", "lr": 5e-5, "optim.head_lr_mult": 40.0, "epochs": 6, "model.dropout": 0.1,
-                   "model.trainable_layers": [8], "ccrk.querybank_betas": [5.0, 10.0, 20.0, 30.0]}),
+                   "model.trainable_layers": [8], "ccrk.querybank_betas": [5.0, 10.0, 20.0, 30.0],
+                   "ccrk.ridge_mix": []}),
 }
 # rows evaluated from another row's trained checkpoint with different ranking overrides (no training of their own)
 DERIVED: Dict[str, tuple] = {
