@@ -65,7 +65,9 @@ def main(argv=None) -> int:
         from ccr_fast.cli import parse_overrides
 
         # config None: the built-in default run, with the overrides on top (as `ccr-fast train key=value`)
-        run_dir = ccr_fast.train(None, output_dir=args.output_dir, **parse_overrides(args.overrides)).run_dir
+        over = parse_overrides(args.overrides)
+        over.setdefault("output_dir", args.output_dir)  # output_dir=... as an override works like --output-dir
+        run_dir = ccr_fast.train(None, **over).run_dir
     else:
         if args.overrides:
             ap.error("overrides go with --train only")
