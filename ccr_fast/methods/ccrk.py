@@ -205,6 +205,9 @@ class CCRk(Method):
         if c.ridge_mix:
             if min(c.ridge_mix) < 0 or max(c.ridge_mix) >= 1:
                 raise ConfigError(f"ccrk.ridge_mix: expected weights in [0, 1), got {list(c.ridge_mix)}")
+            if c.k_test:
+                raise ConfigError("ccrk.ridge_mix mixes ITC ranking; it cannot be combined with the ITM re-rank "
+                                  f"(ccrk.k_test={c.k_test}); set one of them off")
             if not c.ridge_mix_lambdas or min(c.ridge_mix_lambdas) <= 0:
                 raise ConfigError(f"ccrk.ridge_mix_lambdas: expected positive values, got {list(c.ridge_mix_lambdas)}")
             self.register_buffer("rmix_w", torch.zeros(()))
@@ -269,38 +272,42 @@ class CCRk(Method):
             raise ValueError("ccrk.querybank: the training data has no caption in languages "
                              f"{list(self.cfg.languages)}")
         self.qb_text = self.encode_text(texts, batch_size=batch_size)
-        self.qb_visual = self.encode_visual(data.features, batch_size=batch_size)
+        self.qb_visual = self.rank_visual(data.features, batch_size=batch_size)
 
     def _querybank_encoders(self):
         """Encoders of query-bank-normalised embeddings (:mod:`ccr_fast.eval.querybank`)."""
         from ..eval.querybank import querybank_encoders
 
         beta = float(self.qb_beta) if self.mcfg.querybank_betas else float(self.mcfg.querybank_beta)
-        return querybank_encoders(self.encode_text, self.encode_visual, self.qb_text, self.qb_visual, beta)
+        return querybank_encoders(self.encode_text, self.rank_visual, self.qb_text, self.qb_visual, beta)
 
     # --- validation choices: query-bank β and the ridge mix ---------------------------------------------------
     @torch.no_grad()
-    def encode_visual(self, features, batch_size: int = 256) -> torch.Tensor:
-        """Visual embeddings ``[G, d]``; with ``ccrk.ridge_mix`` and a chosen weight ``w > 0``,
-        ``(1 - w)·v_learned + w·v_ridge`` (so that text·visual is the weighted sum of the two cosines)."""
-        v = super().encode_visual(features, batch_size)
+    def rank_visual(self, features, batch_size: int = 256) -> torch.Tensor:
+        """The visual side of ITC ranking ``[G, d]``: :meth:`encode_visual`, or with ``ccrk.ridge_mix`` and a chosen
+        weight ``w > 0``, ``(1 - w)·v_learned + w·v_ridge`` (so that text·visual is the weighted sum of the two
+        cosines; no longer unit norm)."""
+        v = self.encode_visual(features, batch_size)
         if not self.mcfg.ridge_mix or float(self.rmix_w) == 0.0:
             return v
         w = float(self.rmix_w)
-        return (1.0 - w) * v + w * self._ridge_embed(features).to(v)
+        return (1.0 - w) * v + w * self._ridge_embed(features, batch_size).to(v)
 
-    def _ridge_embed(self, features) -> torch.Tensor:
-        """The ridge map's L2-normalised embedding ``[G, d]`` of pooled features ``[G, Dv]``."""
+    def _ridge_embed(self, features, batch_size: int = 256) -> torch.Tensor:
+        """The ridge map's L2-normalised embedding ``[G, d]`` of pooled features ``[G, Dv]`` (in batches)."""
         import numpy as np
 
         if self.rmix_W.numel() == 0:
             raise ValueError("ccrk.ridge_mix: the ridge map is not fitted (train this model, or load a checkpoint "
                              "saved by its training run)")
-        x = torch.as_tensor(np.asarray(features, dtype=np.float32), device=self.rmix_W.device)
-        if x.dim() != 2 or x.shape[1] != self.rmix_W.shape[0]:
-            raise ValueError(f"ccrk.ridge_mix: expected pooled features [G, {self.rmix_W.shape[0]}], got "
-                             f"{tuple(x.shape)}")
-        return F.normalize(((x - self.rmix_mu) / self.rmix_scale) @ self.rmix_W + self.rmix_b, dim=-1)
+        shape = np.shape(features)
+        if len(shape) != 2 or shape[1] != self.rmix_W.shape[0]:
+            raise ValueError(f"ccrk.ridge_mix: expected pooled features [G, {self.rmix_W.shape[0]}], got {shape}")
+        out = []
+        for i in range(0, shape[0], batch_size):
+            x = torch.from_numpy(np.array(features[i:i + batch_size], dtype=np.float32)).to(self.rmix_W.device)
+            out.append(F.normalize(((x - self.rmix_mu) / self.rmix_scale) @ self.rmix_W + self.rmix_b, dim=-1))
+        return torch.cat(out) if out else self.rmix_b.new_zeros(0, self.rmix_W.shape[1])
 
     @torch.no_grad()
     def _fit_ridge_mix(self, data, batch_size: int = 256) -> dict:
@@ -356,7 +363,7 @@ class CCRk(Method):
                             setattr(self, name, t.to(self.rmix_w.device))
                     self.rmix_w.fill_(w)
                     if c.querybank and qb_data is not None:
-                        self.qb_visual = self.encode_visual(qb_data.features, batch_size=256)
+                        self.qb_visual = self.rank_visual(qb_data.features, batch_size=256)
                 for beta in betas:
                     if beta is not None:
                         self.qb_beta.fill_(beta)
@@ -387,7 +394,7 @@ class CCRk(Method):
 
     def ranking_encoders(self):
         """The query-bank-normalised encoders with ``ccrk.querybank``, else the plain ones (ITC ranking)."""
-        return self._querybank_encoders() if self.mcfg.querybank else super().ranking_encoders()
+        return self._querybank_encoders() if self.mcfg.querybank else (self.encode_text, self.rank_visual)
 
     def score(self, eval_sets, batch_size: int = 128, k_test=None) -> dict:
         """ITC cosine ranking, or with ``k_test > 0`` the ITM re-rank of the top ``k_test`` ITC candidates."""

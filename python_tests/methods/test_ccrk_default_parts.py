@@ -207,7 +207,8 @@ def test_choose_on_validation_takes_the_grid_argmax_and_mixes_scores():
     x = torch.as_tensor(test.features, dtype=torch.float64)
     ridge = torch.nn.functional.normalize((x - m.rmix_mu.double()) / m.rmix_scale.double() @ m.rmix_W.double()
                                           + m.rmix_b.double(), dim=-1)
-    torch.testing.assert_close(t @ m.encode_visual(test.features).double().t(),
+    torch.testing.assert_close(m.encode_visual(test.features).double(), learned, rtol=1e-5, atol=1e-6)  # unit norm
+    torch.testing.assert_close(t @ m.rank_visual(test.features).double().t(),
                                0.5 * t @ learned.t() + 0.5 * t @ ridge.t(), rtol=1e-5, atol=1e-5)
     # the choices travel with the weights
     sets = make_eval_sets(test, ["en", "de"])
@@ -229,7 +230,9 @@ def test_validation_choice_config_errors():
     m = _method(**{"ccrk.ridge_mix": [0.5]})
     m.rmix_w.fill_(0.5)
     with pytest.raises(ValueError, match="not fitted"):
-        m.encode_visual(np.zeros((2, 16), np.float32))
+        m.rank_visual(np.zeros((2, 16), np.float32))
+    with pytest.raises(ConfigError, match="k_test"):
+        _method(**{"ccrk.ridge_mix": [0.5], "ccrk.k_test": 4})
 
 
 def test_validation_choices_are_recorded_and_reload(tmp_path):
