@@ -309,11 +309,8 @@ class CCRk(Method):
             out.append(F.normalize(((x - self.rmix_mu) / self.rmix_scale) @ self.rmix_W + self.rmix_b, dim=-1))
         return torch.cat(out) if out else self.rmix_b.new_zeros(0, self.rmix_W.shape[1])
 
-    @torch.no_grad()
-    def _fit_ridge_mix(self, data, batch_size: int = 256) -> dict:
-        """Closed-form ridge maps from the standardised training features to the current text embeddings of
-        every training caption (in ``languages``), one per ``ridge_mix_lambdas`` value: ``{λ: (mu, scale, W, b)}``.
-        ``W = (ZᵀZ + λ·s·I)⁻¹ ZᵀY`` over the centred (image, caption) pairs, ``s`` the mean eigenvalue of ZᵀZ."""
+    def _caption_pairs(self, data, what: str):
+        """``(pairs, texts)``: every non-empty training caption in ``languages`` and the row of its item."""
         pairs, texts = [], []
         for lang in self.cfg.languages:
             for i, caps in enumerate(data.captions.get(lang, [])):
@@ -322,7 +319,15 @@ class CCRk(Method):
                         pairs.append(i)
                         texts.append(t)
         if not texts:
-            raise ValueError(f"ccrk.ridge_mix: the training data has no caption in {list(self.cfg.languages)}")
+            raise ValueError(f"{what}: the training data has no caption in {list(self.cfg.languages)}")
+        return pairs, texts
+
+    @torch.no_grad()
+    def _fit_ridge_mix(self, data, batch_size: int = 256) -> dict:
+        """Closed-form ridge maps from the standardised training features to the current text embeddings of
+        every training caption (in ``languages``), one per ``ridge_mix_lambdas`` value: ``{λ: (mu, scale, W, b)}``.
+        ``W = (ZᵀZ + λ·s·I)⁻¹ ZᵀY`` over the centred (image, caption) pairs, ``s`` the mean eigenvalue of ZᵀZ."""
+        pairs, texts = self._caption_pairs(data, "ccrk.ridge_mix")
         y = self.encode_text(texts, batch_size=batch_size).double()
         feats = torch.as_tensor(data.features, dtype=torch.float64, device=y.device)
         if feats.dim() != 2:
@@ -339,6 +344,10 @@ class CCRk(Method):
             w = evecs @ (proj / (evals + float(lam) * float(evals.mean())).unsqueeze(1))  # [Dv, d]
             out[float(lam)] = (mu.float(), scale.float(), w.float(), (ybar - zbar @ w).float())
         return out
+
+    def _set_ridge_map(self, fit) -> None:
+        for name, t in zip(("rmix_mu", "rmix_scale", "rmix_W", "rmix_b"), fit):
+            setattr(self, name, t.to(self.rmix_w.device))
 
     def choose_on_validation(self, val_sets, batch_size: int, metric: str) -> dict:
         """Pick ``querybank_betas``' β and the ridge mix (weight, λ) that score best on ``val_sets``, keep them
@@ -359,8 +368,7 @@ class CCRk(Method):
             for lam, w in grid:
                 if w is not None:
                     if lam is not None:
-                        for name, t in zip(("rmix_mu", "rmix_scale", "rmix_W", "rmix_b"), fits[lam]):
-                            setattr(self, name, t.to(self.rmix_w.device))
+                        self._set_ridge_map(fits[lam])
                     self.rmix_w.fill_(w)
                     if c.querybank and qb_data is not None:
                         self.qb_visual = self.rank_visual(qb_data.features, batch_size=256)
@@ -378,8 +386,7 @@ class CCRk(Method):
         rec = {}
         if w is not None:
             if lam is not None:
-                for name, t in zip(("rmix_mu", "rmix_scale", "rmix_W", "rmix_b"), fits[lam]):
-                    setattr(self, name, t.to(self.rmix_w.device))
+                self._set_ridge_map(fits[lam])
             self.rmix_w.fill_(w)
             rec.update(ridge_mix=w, ridge_lambda=lam)
         if beta is not None:
@@ -424,15 +431,7 @@ class CCRk(Method):
         caption (the centre also seeds the running text mean); visual: the training images standardised with their
         own mean/variance (also set as the BatchNorm running statistics). ``W = (ZᵀZ + λ·s·I)⁻¹ ZᵀY`` over every
         (image, caption) pair, ``s`` the mean eigenvalue of ZᵀZ; bias = mean target."""
-        pairs, texts = [], []
-        for lang in self.cfg.languages:
-            for i, caps in enumerate(data.captions.get(lang, [])):
-                for t in caps:
-                    if t:
-                        pairs.append(i)
-                        texts.append(t)
-        if not texts:
-            raise ValueError(f"ccrk.ridge_init: the training data has no caption in {list(self.cfg.languages)}")
+        pairs, texts = self._caption_pairs(data, "ccrk.ridge_init")
         y = self.encode_text(texts, batch_size=batch_size).double()  # normalised pooled (centre still zero)
         centre = y.mean(0)
         self.text_center.mean.copy_(centre.float())
